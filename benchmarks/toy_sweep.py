@@ -1,0 +1,106 @@
+"""Time the classic toy sweep three ways in one process and print the ratios.
+
+Workload: gradient estimates of E_{x~N(theta,1)}[x^2] at theta = 2, N in 10 .. 100000 samples,
+100 repetitions each, score function and pathwise.
+
+1. NumPy loop, as in the classic notebook: a loop over repetitions drawing N normals each.
+2. Hand-written Pyro loop: one ``Trace_ELBO(num_particles=N, vectorize_particles=True)``
+   ``loss_and_grads`` per repetition (``has_rsample_(False)`` on the guide for the score function).
+3. ``ppl_reparam.pyro.gradient_variance`` on the project's toy model and guide
+   (``ScoreFunctionELBO`` / ``PathwiseELBO``, closed-form entropy, vectorized particles).
+
+Each is run once untimed first (imports, lazy initialisation), then timed. Run:
+
+    .venv/bin/python benchmarks/toy_sweep.py [--reps 100] [--samples 10,100,1000,10000,100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.infer import Trace_ELBO
+
+from ppl_reparam.models.toy_gaussian import ToyGaussian
+from ppl_reparam.pyro import PathwiseELBO, ScoreFunctionELBO, gradient_variance
+
+THETA = 2.0
+
+
+def numpy_loop(samples: list[int], reps: int, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    for n in samples:
+        score, path = [], []
+        for _ in range(reps):
+            x = THETA + rng.standard_normal(n)
+            score.append(np.mean(x**2 * (x - THETA)))
+        for _ in range(reps):
+            x = THETA + rng.standard_normal(n)
+            path.append(np.mean(2 * x))
+        np.var(score), np.var(path)
+
+
+def pyro_loop(samples: list[int], reps: int, seed: int = 0) -> None:
+    toy = ToyGaussian(THETA)
+    pyro.set_rng_seed(seed)
+
+    def score_guide():
+        theta = pyro.param("theta", torch.tensor(THETA))
+        pyro.sample("x", dist.Normal(theta, 1.0).has_rsample_(False))
+
+    for n in samples:
+        elbo = Trace_ELBO(num_particles=n, vectorize_particles=True, max_plate_nesting=0)
+        for guide in (score_guide, toy.guide):
+            grads = []
+            for _ in range(reps):
+                pyro.get_param_store().clear()
+                elbo.loss_and_grads(toy.model, guide)
+                grads.append(pyro.param("theta").unconstrained().grad.item())
+            np.var(grads)
+
+
+def project(samples: list[int], reps: int, seed: int = 0) -> None:
+    toy = ToyGaussian(THETA)
+    pyro.get_param_store().clear()
+    for n in samples:
+        for cls in (ScoreFunctionELBO, PathwiseELBO):
+            elbo = cls(num_particles=n, vectorize_particles=True, max_plate_nesting=0, analytic_kl=True)
+            gradient_variance(elbo, toy.model, toy.guide, num_reps=reps, seed=seed)
+
+
+def timed(fn, samples: list[int], reps: int) -> float:
+    fn([10], 5)  # warm-up: imports and lazy initialisation
+    start = time.perf_counter()
+    fn(samples, reps)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=100)
+    parser.add_argument("--samples", default="10,100,1000,10000,100000")
+    args = parser.parse_args()
+    samples = [int(s) for s in args.samples.split(",")]
+    logging.getLogger("pyro").setLevel(logging.WARNING)
+    torch.set_num_threads(torch.get_num_threads())
+    times = {
+        "numpy loop": timed(numpy_loop, samples, args.reps),
+        "pyro Trace_ELBO loop": timed(pyro_loop, samples, args.reps),
+        "ppl_reparam gradient_variance": timed(project, samples, args.reps),
+    }
+    ref = times["numpy loop"]
+    print(f"toy sweep: N in {samples}, {args.reps} repetitions, score function and pathwise")
+    print(f"torch {torch.__version__}, pyro {pyro.__version__}, numpy {np.__version__}, "
+          f"{torch.get_num_threads()} torch threads")
+    print(f"{'method':32s} {'seconds':>8s} {'/ numpy loop':>13s}")
+    for name, seconds in times.items():
+        print(f"{name:32s} {seconds:8.3f} {seconds / ref:13.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,234 @@
+"""Per-site choice of the gradient estimator in a Pyro guide.
+
+A guide site's estimator is decided when it is sampled:
+
+- ``"pathwise"`` (reparameterization trick, Kingma and Welling 2014; Rezende et al. 2014): the value is
+  drawn with ``rsample``, so gradients flow through it into the loss.
+- ``"score"`` (score function, REINFORCE; Williams 1992, Ranganath et al. 2014): the value is drawn with
+  ``sample`` and detached; the ELBO then differentiates ``log q`` times the cost.
+
+Pyro cannot set ``has_rsample`` on ``Independent``, ``TransformedDistribution`` or masked
+distributions, and its plate broadcasting copies the flag onto expanded copies. Instead of setting the
+flag, :func:`force_estimator` wraps the site's distribution in :class:`EstimatorDistribution`, which
+carries the choice through ``expand`` and delegates everything else to the wrapped distribution.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import pyro.distributions as dist
+import torch
+from pyro.distributions import Delta, TorchDistribution
+from pyro.distributions.torch_distribution import ExpandedDistribution, MaskedDistribution
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.subsample_messenger import _Subsample
+
+ESTIMATORS = ("score", "pathwise")
+_EMPTY = torch.Size()
+"""The estimator names accepted everywhere."""
+
+_WRAPPERS = (
+    torch.distributions.Independent,
+    torch.distributions.TransformedDistribution,
+    MaskedDistribution,
+    ExpandedDistribution,
+)
+_GENERIC_WRAPPERS = {*_WRAPPERS, dist.Independent, dist.TransformedDistribution}
+"""Wrapper classes shown in messages; named subclasses such as LogNormal stand alone."""
+
+
+def check_estimator(estimator: str, where: str = "") -> str:
+    """Return ``estimator`` if it is a known name, else raise a ValueError that lists the names."""
+    if estimator not in ESTIMATORS:
+        at = f" at {where}" if where else ""
+        raise ValueError(
+            f"unknown estimator {estimator!r}{at}; expected 'score' (score function / REINFORCE) "
+            "or 'pathwise' (reparameterization)"
+        )
+    return estimator
+
+
+def leaf_distribution(fn: torch.distributions.Distribution) -> torch.distributions.Distribution:
+    """The innermost distribution under Independent, Transformed, Masked and Expanded wrappers."""
+    while isinstance(fn, (*_WRAPPERS, EstimatorDistribution)):
+        fn = fn.base_dist
+    return fn
+
+
+def describe(fn: torch.distributions.Distribution) -> str:
+    """A short name for a possibly wrapped distribution, e.g. ``Independent(Bernoulli)``."""
+    if isinstance(fn, EstimatorDistribution):
+        return describe(fn.base_dist)
+    if type(fn) in _GENERIC_WRAPPERS:
+        return f"{type(fn).__name__}({describe(fn.base_dist)})"
+    return type(fn).__name__
+
+
+def can_rsample(fn: torch.distributions.Distribution) -> bool:
+    """Whether the distribution's family implements ``rsample`` (whatever its ``has_rsample`` flag)."""
+    return bool(getattr(type(leaf_distribution(fn)), "has_rsample", False))
+
+
+class EstimatorDistribution(TorchDistribution):
+    """Wraps ``base_dist`` and fixes how its samples carry gradients.
+
+    ``reparameterized=True``: samples are ``base_dist.rsample()`` (pathwise);
+    ``False``: samples are ``base_dist.sample()``, detached from autograd and forward-mode tangents
+    (score function). ``log_prob``, ``entropy``, support and shapes are those of ``base_dist``.
+    """
+
+    arg_constraints: dict = {}
+
+    def __init__(self, base_dist: torch.distributions.Distribution, reparameterized: bool):
+        self.base_dist = base_dist
+        self.has_rsample = reparameterized
+        super().__init__(base_dist.batch_shape, base_dist.event_shape, validate_args=False)
+
+    @property
+    def support(self):  # type: ignore[override]
+        return self.base_dist.support
+
+    def expand(self, batch_shape, _instance=None) -> EstimatorDistribution:
+        return EstimatorDistribution(self.base_dist.expand(batch_shape), self.has_rsample)
+
+    def sample(self, sample_shape: torch.Size = _EMPTY) -> torch.Tensor:
+        with torch.no_grad():
+            return self.base_dist.sample(sample_shape).detach()
+
+    def rsample(self, sample_shape: torch.Size = _EMPTY) -> torch.Tensor:
+        if not self.has_rsample:
+            raise RuntimeError("rsample called on a site forced to the score-function estimator")
+        return self.base_dist.rsample(sample_shape)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        return self.base_dist.log_prob(value)
+
+    def entropy(self) -> torch.Tensor:
+        return self.base_dist.entropy()
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.base_dist.mean
+
+    @property
+    def variance(self) -> torch.Tensor:
+        return self.base_dist.variance
+
+
+def is_guide_latent(msg: dict) -> bool:
+    """A latent sample site whose estimator can be chosen: not observed, not a plate's subsample
+    indices, not a ``Delta`` (AutoGuides put a Delta at each latent, driven by an auxiliary site)."""
+    return (
+        msg["type"] == "sample"
+        and not msg["is_observed"]
+        and not isinstance(msg["fn"], _Subsample)
+        and not isinstance(leaf_distribution(msg["fn"]), Delta)
+    )
+
+
+def apply_estimator(name: str, fn: torch.distributions.Distribution, estimator: str):
+    """Wrap the site ``name``'s distribution so that it uses ``estimator``; a pathwise request on a
+    family without ``rsample`` raises a ValueError naming the site and the distribution."""
+    if estimator == "pathwise" and not can_rsample(fn):
+        raise ValueError(
+            f"site {name!r}: the pathwise (reparameterized) estimator needs rsample, but "
+            f"{describe(fn)} has none. Use the score-function estimator for this site "
+            "(ScoreFunctionELBO, or force_estimator(guide, 'score', sites=[...])), or a continuous "
+            "relaxation such as RelaxedBernoulliStraightThrough / RelaxedOneHotCategorical."
+        )
+    if isinstance(fn, EstimatorDistribution):
+        fn = fn.base_dist
+    return EstimatorDistribution(fn, reparameterized=estimator == "pathwise")
+
+
+class ForceEstimatorMessenger(Messenger):
+    """Effect handler that sets each guide latent's estimator (see :func:`force_estimator`).
+
+    Precedence at a site: named in ``sites`` > the site's own ``infer={"estimator": ...}`` >
+    ``estimator`` when ``sites`` is None > unchanged (the family's native behaviour).
+    """
+
+    def __init__(self, estimator: str | None, sites: Iterable[str] | None = None):
+        super().__init__()
+        if estimator is not None:
+            check_estimator(estimator)
+        self.estimator = estimator
+        self.sites = None if sites is None else frozenset(sites)
+        self.seen: set[str] = set()
+
+    def estimator_for(self, msg: dict) -> str | None:
+        name = msg["name"]
+        if self.sites is not None and name in self.sites:
+            return self.estimator
+        requested = msg["infer"].get("estimator")
+        if requested is not None:
+            return check_estimator(requested, f"site {name!r} (infer={{'estimator': ...}})")
+        return self.estimator if self.sites is None else None
+
+    def _pyro_sample(self, msg: dict) -> None:
+        if not is_guide_latent(msg):
+            return
+        self.seen.add(msg["name"])
+        estimator = self.estimator_for(msg)
+        if estimator is not None:
+            msg["fn"] = apply_estimator(msg["name"], msg["fn"], estimator)
+
+    def check_sites_seen(self) -> None:
+        """Raise if ``sites`` named a site that the guide never sampled."""
+        missing = (self.sites or frozenset()) - self.seen
+        if missing:
+            raise ValueError(
+                f"sites {sorted(missing)} were named for the {self.estimator!r} estimator but the "
+                f"guide has no such latent sample site; its latent sites are {sorted(self.seen)}"
+            )
+
+
+class ForcedGuide:
+    """A guide whose sites use the chosen estimator; see :func:`force_estimator`.
+
+    Calls go through :class:`ForceEstimatorMessenger`; attributes (``median``, ``parameters``, ...) are
+    those of the wrapped guide.
+    """
+
+    def __init__(self, guide: Callable, estimator: str | None, sites: Iterable[str] | None = None):
+        if isinstance(sites, str):
+            sites = [sites]
+        self.guide = guide
+        self.estimator = estimator
+        self.sites = None if sites is None else tuple(sites)
+        ForceEstimatorMessenger(estimator, self.sites)  # validate the arguments now
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        messenger = ForceEstimatorMessenger(self.estimator, self.sites)
+        with messenger:
+            result = self.guide(*args, **kwargs)
+        messenger.check_sites_seen()
+        return result
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["guide"], name)
+
+    def __repr__(self) -> str:
+        return f"force_estimator({self.guide!r}, {self.estimator!r}, sites={self.sites})"
+
+
+def force_estimator(guide: Callable, estimator: str, sites: Iterable[str] | None = None) -> ForcedGuide:
+    """Return ``guide`` with every latent sample site, or the ``sites`` named, using ``estimator``.
+
+    :param guide: any Pyro guide: a function, a ``PyroModule``, an AutoGuide.
+    :param estimator: ``"score"`` (score function / REINFORCE: samples detached, gradient through
+        ``log q``) or ``"pathwise"`` (reparameterized ``rsample``; raises a ValueError naming the site
+        for a family without ``rsample``, e.g. Bernoulli).
+    :param sites: names of the sites to force; these override a site's own
+        ``infer={"estimator": ...}``. With ``sites=None`` every latent site gets ``estimator`` except
+        those that ask for one with ``infer``. A named site the guide never samples is an error.
+
+    Observed sites, plate subsample sites and ``Delta`` sites are left alone: in an AutoGuide the
+    randomness sits in the auxiliary site (e.g. ``_AutoNormal_..._unconstrained``), which is forced.
+    The estimator only takes effect under an ELBO that builds the score-function term for every
+    non-reparameterized site, guide-only ones included: :class:`ScoreFunctionELBO` or
+    :class:`PathwiseELBO` of this package (Pyro's ``Trace_ELBO`` ignores guide-only sites).
+    """
+    return ForcedGuide(guide, estimator, sites)

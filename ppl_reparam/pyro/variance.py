@@ -1,0 +1,202 @@
+r"""Measure the mean and variance of an ELBO's gradient estimate, without changing the parameters.
+
+:func:`gradient_variance` draws ``num_reps`` independent gradient estimates, each from
+``elbo.num_particles`` samples, at the current parameter values, and summarises them per parameter
+(:class:`~ppl_reparam.stats.GradientStats`). Gradients are taken with respect to each parameter's
+unconstrained value, the tensor that Pyro's optimizers update.
+
+Two ways to draw them, chosen by ``method``:
+
+- ``"forward"``: all ``num_reps x num_particles`` particles in vectorized passes of at most
+  ``chunk_particles`` particles, with each particle's gradient :math:`\partial \tilde L_i/\partial
+  \phi_j` from forward-mode autodiff, one pass per parameter element :math:`\phi_j`, all passes of a
+  chunk on the same random numbers. A repetition's estimate is the mean over its particles. Needs one
+  of this package's ELBOs with ``vectorize_particles=True``; cost grows with the number of parameter
+  elements, so it suits few parameters (the toy problem, small conjugate models).
+- ``"loop"``: one reverse-mode gradient per repetition. Works with any ELBO, Pyro's own included.
+
+``"auto"`` (default) takes ``"forward"`` when it applies and the parameters have at most
+``num_reps // 4`` elements, else ``"loop"``.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import pyro
+import torch
+import torch.autograd.forward_ad as fwAD
+from pyro import poutine
+from pyro.infer import ELBO
+from tqdm.auto import tqdm
+
+from ..stats import MIN_REPS, GradientStats
+from .elbo import _EstimatorELBO
+
+METHODS = ("auto", "forward", "loop")
+
+
+@contextmanager
+def _isolated_rng(seed: int):
+    """Seed torch, numpy and random for the block, and restore the caller's RNG state after it."""
+    state = (torch.random.get_rng_state(), np.random.get_state(), random.getstate())
+    pyro.set_rng_seed(seed)
+    try:
+        yield
+    finally:
+        torch.random.set_rng_state(state[0])
+        np.random.set_state(state[1])
+        random.setstate(state[2])
+
+
+def _chunk_seed(seed: int, chunk: int) -> int:
+    return int(np.random.SeedSequence([seed, chunk]).generate_state(1)[0])
+
+
+def trace_params(model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+    """Run guide and model once; return ``{name: unconstrained leaf}`` of every param they use
+    (creating params that are not in the param store yet, as a first SVI step would)."""
+    with poutine.trace(param_only=True) as params:
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        poutine.replay(model, trace=guide_trace)(*args, **kwargs)
+    return {name: site["value"].unconstrained() for name, site in params.trace.nodes.items()}
+
+
+def _forward_samples(
+    elbo: _EstimatorELBO,
+    model: Callable,
+    guide: Callable,
+    args: tuple,
+    kwargs: dict,
+    params: dict[str, torch.Tensor],
+    num_reps: int,
+    seed: int,
+    chunk_particles: int,
+    progress: bool,
+) -> dict[str, np.ndarray]:
+    """Per-repetition gradients by forward-mode autodiff over vectorized particles."""
+    n = elbo.num_particles
+    reps_per_chunk = max(1, min(num_reps, chunk_particles // n))
+    chunks = [min(reps_per_chunk, num_reps - start) for start in range(0, num_reps, reps_per_chunk)]
+    elbos = {k: elbo.with_num_particles(k * n) for k in set(chunks)}
+    out = {name: np.empty((num_reps, leaf.numel())) for name, leaf in params.items()}
+    bar = tqdm(total=num_reps, desc="gradient variance", disable=not progress, leave=False)
+    start = 0
+    for c, k in enumerate(chunks):
+        chunk_seed = _chunk_seed(seed, c)
+        for name, leaf in params.items():
+            for j in range(leaf.numel()):
+                tangent = torch.zeros_like(leaf).view(-1)
+                tangent[j] = 1.0
+                pyro.set_rng_seed(chunk_seed)
+                validate = pyro.infer.util.is_validation_enabled() and c == j == 0
+                with torch.no_grad(), fwAD.dual_level(), pyro.validation_enabled(validate):
+                    leaf.copy_(fwAD.make_dual(leaf.detach().clone(), tangent.view_as(leaf)))
+                    _, surrogate = elbos[k].particle_losses(model, guide, *args, **kwargs)
+                    derivative = fwAD.unpack_dual(surrogate).tangent
+                grads = torch.zeros(k * n) if derivative is None else derivative
+                out[name][start : start + k, j] = grads.reshape(k, n).mean(1).double().numpy()
+        start += k
+        bar.update(k)
+    bar.close()
+    return {name: out[name].reshape(num_reps, *leaf.shape) for name, leaf in params.items()}
+
+
+def _loop_samples(
+    elbo: ELBO,
+    model: Callable,
+    guide: Callable,
+    args: tuple,
+    kwargs: dict,
+    params: dict[str, torch.Tensor],
+    num_reps: int,
+    progress: bool,
+) -> dict[str, np.ndarray]:
+    """Per-repetition gradients, one reverse-mode pass each."""
+    leaves = list(params.values())
+    out: dict[str, list[np.ndarray]] = {name: [] for name in params}
+    for _ in tqdm(range(num_reps), desc="gradient variance", disable=not progress, leave=False):
+        loss = elbo.differentiable_loss(model, guide, *args, **kwargs)
+        grads = torch.autograd.grad(loss, leaves, allow_unused=True) if loss.requires_grad else ()
+        for (name, leaf), grad in zip(params.items(), grads or [None] * len(leaves)):
+            out[name].append(np.zeros(leaf.shape) if grad is None else grad.double().numpy())
+    return {name: np.stack(values) for name, values in out.items()}
+
+
+def gradient_variance(
+    elbo: ELBO,
+    model: Callable,
+    guide: Callable,
+    *args: Any,
+    num_reps: int = 100,
+    seed: int = 0,
+    confidence: float = 0.95,
+    method: str = "auto",
+    chunk_particles: int = 2**20,
+    progress: bool = False,
+    **kwargs: Any,
+) -> GradientStats:
+    """Mean, variance, confidence interval and SNR of ``elbo``'s gradient estimate, per parameter.
+
+    :param elbo: a :class:`~ppl_reparam.pyro.ScoreFunctionELBO` / :class:`~ppl_reparam.pyro.PathwiseELBO`
+        or any Pyro ELBO (measured with ``method="loop"``). Each estimate uses ``elbo.num_particles``.
+    :param model, guide, args, kwargs: as for ``SVI``.
+    :param num_reps: independent estimates drawn (at least 5).
+    :param seed: seeds the draws; the caller's RNG state is restored afterwards.
+    :param confidence: level of the variance intervals (Bonett's, see :mod:`ppl_reparam.stats`).
+    :param method: ``"auto"``, ``"forward"`` or ``"loop"`` (module docstring).
+    :param chunk_particles: most particles in one vectorized pass (``"forward"``).
+    :param progress: show a progress bar.
+
+    Parameter values and their ``.grad`` are left as they were.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+    if num_reps < MIN_REPS:
+        raise ValueError(f"num_reps must be at least {MIN_REPS}, got {num_reps}")
+    if chunk_particles < 1:
+        raise ValueError(f"chunk_particles must be positive, got {chunk_particles}")
+    batched = isinstance(elbo, _EstimatorELBO) and elbo.vectorize_particles
+    start = time.perf_counter()
+    with _isolated_rng(seed):
+        params = trace_params(model, guide, *args, **kwargs)
+        size = sum(p.numel() for p in params.values())
+        if method == "auto":
+            method = "forward" if batched and 4 * size <= num_reps else "loop"
+        if method == "forward":
+            if not batched:
+                raise ValueError(
+                    "method='forward' needs ScoreFunctionELBO or PathwiseELBO with "
+                    "vectorize_particles=True; use method='loop' for this ELBO"
+                )
+            samples = _forward_samples(
+                elbo, model, guide, args, kwargs, params, num_reps, seed, chunk_particles, progress
+            )
+        else:
+            samples = _loop_samples(elbo, model, guide, args, kwargs, params, num_reps, progress)
+    seconds = time.perf_counter() - start
+    return GradientStats.from_samples(samples, elbo.num_particles, seconds, confidence)
+
+
+def compare_estimators(
+    model: Callable,
+    guide: Callable,
+    elbos: Mapping[str, ELBO],
+    *args: Any,
+    num_reps: int = 100,
+    seed: int = 0,
+    **kwargs: Any,
+) -> dict[str, GradientStats]:
+    """:func:`gradient_variance` of each named ELBO on the same model, guide, parameter values and
+    seed; write the result with :mod:`ppl_reparam.report`. Extra keyword arguments go to
+    :func:`gradient_variance` when it takes them, else to the model and guide."""
+    options = {k: kwargs.pop(k) for k in ("confidence", "method", "chunk_particles", "progress") if k in kwargs}
+    return {
+        name: gradient_variance(elbo, model, guide, *args, num_reps=num_reps, seed=seed, **options, **kwargs)
+        for name, elbo in elbos.items()
+    }

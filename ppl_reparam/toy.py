@@ -1,0 +1,158 @@
+"""``ppl-reparam toy``: the classic table of gradient mean and variance against sample size N.
+
+For each N and estimator, :func:`sweep` measures ``reps`` independent N-sample estimates of the
+gradient in ``theta`` of the toy problem (:mod:`ppl_reparam.models.toy_gaussian`) and puts them
+beside the closed forms of :mod:`ppl_reparam.analytic`. Estimator specs:
+
+- ``score``: score function, closed-form entropy: per-sample gradient x^2 (x - theta), the textbook one;
+- ``score-mc``: score function, Monte Carlo entropy (estimator A, what Pyro's Trace_ELBO does);
+- ``pathwise``: reparameterized, closed-form entropy: 2 x; ``pathwise-mc``: Monte Carlo entropy.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from . import analytic
+from .report import markdown_table, write_csv, write_json
+
+DEFAULT_SAMPLES = (10, 100, 1000, 10000, 100000)
+SPECS = {
+    "score": ("score", True),
+    "score-mc": ("score", False),
+    "pathwise": ("pathwise", True),
+    "pathwise-mc": ("pathwise", False),
+}
+"""Estimator spec -> (estimator, analytic_kl)."""
+
+
+def parse_specs(text: str) -> list[str]:
+    """Comma-separated estimator specs, checked against :data:`SPECS`."""
+    specs = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in specs if s not in SPECS]
+    if unknown or not specs:
+        raise ValueError(f"unknown estimator spec(s) {unknown or text!r}; choose from {', '.join(SPECS)}")
+    return specs
+
+
+def parse_samples(text: str) -> list[int]:
+    """Comma-separated positive sample sizes."""
+    try:
+        samples = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"--samples must be comma-separated integers, got {text!r}") from None
+    if not samples or min(samples) < 1:
+        raise ValueError(f"--samples must be positive integers, got {text!r}")
+    return samples
+
+
+def _measure_pyro(theta: float, spec: str, n: int, reps: int, seed: int):
+    import pyro
+
+    from .models.toy_gaussian import ToyGaussian
+    from .pyro import PathwiseELBO, ScoreFunctionELBO, gradient_variance
+
+    estimator, analytic_kl = SPECS[spec]
+    cls = ScoreFunctionELBO if estimator == "score" else PathwiseELBO
+    elbo = cls(num_particles=n, vectorize_particles=True, max_plate_nesting=0, analytic_kl=analytic_kl)
+    toy = ToyGaussian(theta)
+    pyro.clear_param_store()
+    return gradient_variance(elbo, toy.model, toy.guide, num_reps=reps, seed=seed)
+
+
+def sweep(
+    theta: float = 2.0,
+    samples: Sequence[int] = DEFAULT_SAMPLES,
+    reps: int = 100,
+    specs: Sequence[str] = ("score", "pathwise"),
+    seed: int = 0,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Measure every (N, spec) pair; one row each, with the closed forms beside the measurements."""
+    rows = []
+    jobs = [(n, spec) for spec in specs for n in samples]
+    for n, spec in tqdm(jobs, desc="toy sweep", disable=not progress):
+        stats = _measure_pyro(theta, spec, n, reps, seed)
+        s = stats["theta"]
+        estimator, analytic_kl = SPECS[spec]
+        exact = analytic.gradient_moments(estimator, theta, analytic_kl=analytic_kl)
+        low, high = s.variance_ci
+        rows.append(
+            {
+                "backend": "pyro",
+                "estimator": spec,
+                "N": n,
+                "mean": float(s.mean),
+                "standard_error": float(s.standard_error),
+                "variance": float(s.variance),
+                "variance_ci_low": float(low),
+                "variance_ci_high": float(high),
+                "per_sample_variance": float(s.per_sample_variance),
+                "closed_form_mean": exact.mean,
+                "closed_form_variance": exact.variance / n,
+                "closed_form_per_sample_variance": exact.variance,
+                "snr": float(s.snr),
+                "seconds": stats.seconds,
+            }
+        )
+    return rows
+
+
+def summary_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The printed table: N, estimator, mean, variance, 95% CI, closed-form variance."""
+    return markdown_table(
+        [
+            {
+                "N": r["N"],
+                "estimator": r["estimator"],
+                "mean": f"{r['mean']:.4f} ± {r['standard_error']:.2g}",
+                "variance": f"{r['variance']:.4g}",
+                "95% CI": f"[{r['variance_ci_low']:.4g}, {r['variance_ci_high']:.4g}]",
+                "closed form": f"{r['closed_form_variance']:.4g}",
+            }
+            for r in rows
+        ]
+    )
+
+
+def run(args: argparse.Namespace) -> None:
+    specs = parse_specs(args.estimators)
+    samples = parse_samples(args.samples)
+    if args.reps < 5:
+        raise ValueError(f"--reps must be at least 5 (for the variance interval), got {args.reps}")
+    rows = sweep(args.theta, samples, args.reps, specs, args.seed, progress=not args.quiet)
+    out = Path(args.out)
+    print(f"Toy problem: d/dtheta E[x^2], x ~ N({args.theta}, 1); {args.reps} repetitions, seed {args.seed}; "
+          f"exact gradient {2 * args.theta:g}")
+    print(summary_table(rows))
+    from .plots import plot_toy_sweep
+
+    files = [
+        write_csv(rows, out / "toy.csv"),
+        write_json({"theta": args.theta, "reps": args.reps, "seed": args.seed, "rows": rows}, out / "toy.json"),
+        plot_toy_sweep(rows, out / "toy.png", theta=args.theta, reps=args.reps),
+    ]
+    print("wrote " + ", ".join(str(f) for f in files))
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "toy",
+        help="the classic toy Gaussian table: gradient mean and variance against N",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--theta", type=float, default=2.0, help="mean of the guide N(theta, 1)")
+    parser.add_argument("--samples", default=",".join(map(str, DEFAULT_SAMPLES)),
+                        help="comma-separated sample sizes N")
+    parser.add_argument("--reps", type=int, default=100, help="repetitions per N")
+    parser.add_argument("--estimators", default="score,pathwise", help=f"comma-separated: {', '.join(SPECS)}")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="results", help="folder for toy.csv, toy.json and toy.png")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
