@@ -87,3 +87,34 @@ def markdown_table(rows: Sequence[Row]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(format_value(row[c]) for c in columns) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def gradient_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Flatten ``{estimator: GradientStats}`` (as from ``compare_estimators``) into one row per
+    estimator and parameter element: mean, standard error, variance with its interval, per-sample
+    variance, SNR, and the measurement's seconds."""
+    import numpy as np
+
+    rows = []
+    for estimator, stats in results.items():
+        for name, s in stats.items():
+            low, high = s.variance_ci
+            for index in np.ndindex(np.shape(s.mean)):
+                element = name + (f"[{','.join(map(str, index))}]" if index else "")
+                rows.append(
+                    {
+                        "estimator": estimator,
+                        "parameter": element,
+                        "num_particles": s.num_particles,
+                        "num_reps": s.num_reps,
+                        "mean": float(np.asarray(s.mean)[index]),
+                        "standard_error": float(np.asarray(s.standard_error)[index]),
+                        "variance": float(np.asarray(s.variance)[index]),
+                        "variance_ci_low": float(np.asarray(low)[index]),
+                        "variance_ci_high": float(np.asarray(high)[index]),
+                        "per_sample_variance": float(np.asarray(s.per_sample_variance)[index]),
+                        "snr": float(np.asarray(s.snr)[index]),
+                        "seconds": stats.seconds,
+                    }
+                )
+    return rows

@@ -229,6 +229,21 @@ def test_force_estimator_per_site_precedence():
         force_estimator(guide, "score", sites=["nope"])()
 
 
+def test_elbo_blanket_respects_a_nested_force_estimator():
+    def model():
+        pyro.sample("b", dist.Bernoulli(0.3))
+        pyro.sample("z", dist.Normal(0.0, 1.0))
+
+    def guide():
+        pyro.sample("b", dist.Bernoulli(logits=pyro.param("phi", torch.tensor(0.0))))
+        pyro.sample("z", dist.Normal(pyro.param("m", torch.tensor(0.0)), 1.0))
+
+    forced = force_estimator(guide, "score", sites=["b"])
+    assert math.isfinite(PathwiseELBO().loss(model, forced))  # b stays score-function, z pathwise
+    with pytest.raises(ValueError, match="site 'b'"):
+        PathwiseELBO(sites=["b"]).loss(model, forced)  # naming it at the ELBO overrides
+
+
 def test_forced_guide_keeps_the_guide_interface():
     guide = AutoNormal(normal_model)
     forced = force_estimator(guide, "score")

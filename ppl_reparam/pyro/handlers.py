@@ -146,8 +146,9 @@ def apply_estimator(name: str, fn: torch.distributions.Distribution, estimator: 
 class ForceEstimatorMessenger(Messenger):
     """Effect handler that sets each guide latent's estimator (see :func:`force_estimator`).
 
-    Precedence at a site: named in ``sites`` > the site's own ``infer={"estimator": ...}`` >
-    ``estimator`` when ``sites`` is None > unchanged (the family's native behaviour).
+    Precedence at a site: named in ``sites`` > the site's own ``infer={"estimator": ...}`` or the
+    choice of a handler nested inside this one > ``estimator`` when ``sites`` is None > unchanged
+    (the family's native behaviour).
     """
 
     def __init__(self, estimator: str | None, sites: Iterable[str] | None = None):
@@ -174,6 +175,9 @@ class ForceEstimatorMessenger(Messenger):
         estimator = self.estimator_for(msg)
         if estimator is not None:
             msg["fn"] = apply_estimator(msg["name"], msg["fn"], estimator)
+            # Record the choice as the site's own request, so that an enclosing handler (an ELBO's
+            # blanket estimator) respects it; only sites named there override it.
+            msg["infer"] = {**msg["infer"], "estimator": estimator}
 
     def check_sites_seen(self) -> None:
         """Raise if ``sites`` named a site that the guide never sampled."""
@@ -224,6 +228,10 @@ def force_estimator(guide: Callable, estimator: str, sites: Iterable[str] | None
     :param sites: names of the sites to force; these override a site's own
         ``infer={"estimator": ...}``. With ``sites=None`` every latent site gets ``estimator`` except
         those that ask for one with ``infer``. A named site the guide never samples is an error.
+
+    The choice made here counts as the site's own request for the ELBOs of this package: under
+    ``PathwiseELBO()`` a site forced here to ``"score"`` stays score-function (``PathwiseELBO(sites=[...])``
+    naming it would override that).
 
     Observed sites, plate subsample sites and ``Delta`` sites are left alone: in an AutoGuide the
     randomness sits in the auxiliary site (e.g. ``_AutoNormal_..._unconstrained``), which is forced.

@@ -1,0 +1,60 @@
+"""``ppl-reparam`` end to end on small settings, and its argument errors."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+
+from ppl_reparam.cli import main
+
+
+def test_toy_end_to_end(tmp_path, capsys):
+    out = tmp_path / "toy"
+    code = main(["toy", "--samples", "10,100", "--reps", "20", "--estimators", "score,pathwise-mc",
+                 "--seed", "3", "--out", str(out), "--quiet"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "| N | estimator | mean | variance | 95% CI | closed form |" in printed
+    rows = list(csv.DictReader(open(out / "toy.csv")))
+    assert [(r["estimator"], r["N"]) for r in rows] == [
+        ("score", "10"), ("score", "100"), ("pathwise-mc", "10"), ("pathwise-mc", "100")]
+    assert float(rows[0]["closed_form_per_sample_variance"]) == pytest.approx(87.0)
+    saved = json.loads((out / "toy.json").read_text())
+    assert saved["seed"] == 3 and len(saved["rows"]) == 4
+    assert (out / "toy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # same seed, same numbers
+    main(["toy", "--samples", "10,100", "--reps", "20", "--estimators", "score,pathwise-mc",
+          "--seed", "3", "--out", str(tmp_path / "again"), "--quiet"])
+    again = list(csv.DictReader(open(tmp_path / "again" / "toy.csv")))
+    assert [r["mean"] for r in again] == [r["mean"] for r in rows]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["toy", "--samples", "ten"], "--samples must be comma-separated integers"),
+        (["toy", "--samples", "0,10"], "--samples must be positive"),
+        (["toy", "--estimators", "score,reinforce"], "unknown estimator spec"),
+        (["toy", "--reps", "3"], "--reps must be at least 5"),
+    ],
+)
+def test_toy_bad_arguments(args, message, capsys):
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_usage_errors_from_argparse(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["toy", "--theta", "abc"])
+    assert info.value.code == 2
+    assert "invalid float value" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([])
+    assert "required: COMMAND" in capsys.readouterr().err
+
+
+def test_console_script_help():
+    result = subprocess.run([sys.executable, "-m", "ppl_reparam.cli", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "toy" in result.stdout
