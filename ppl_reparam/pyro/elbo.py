@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from pyro.distributions import ImproperUniform
@@ -45,6 +45,7 @@ from pyro.infer.util import MultiFrameTensor, get_plate_stacks, is_validation_en
 from pyro.poutine import Trace
 from pyro.util import check_if_enumerated
 
+from .baselines import Baseline, Context, make_baseline
 from .handlers import (
     EstimatorDistribution,
     ForceEstimatorMessenger,
@@ -53,6 +54,8 @@ from .handlers import (
     is_guide_latent,
     leaf_distribution,
 )
+
+_PARTICLE_PLATE = "num_particles_vectorized"  # the name Pyro's ELBO gives its particle plate
 
 
 @dataclass
@@ -64,6 +67,7 @@ class _Term:
     value: torch.Tensor
     position: float  # guide order of the site; model terms come after every guide site
     own_sample: bool  # whether it depends on the sample of its own site (False for closed forms)
+    surrogate: torch.Tensor | float  # what it adds to the surrogate loss before score terms
 
     def depends_on(self, position: int) -> bool:
         """Whether this term can depend on the sample of the guide site at ``position``: Monte Carlo
@@ -72,6 +76,23 @@ class _Term:
         if self.own_sample:
             return self.position >= position
         return self.position != position
+
+
+class _Particles(NamedTuple):
+    loss: torch.Tensor
+    surrogate: torch.Tensor
+    terms: list[_Term]
+    costs: list[tuple[str, torch.Tensor, Context]]
+
+
+def _averaged_dims(frames: list, cost: torch.Tensor) -> tuple[int, ...]:
+    """Dims of ``cost`` a baseline averages over: particles, and plates that are subsampled (their
+    elements change from step to step)."""
+    return tuple(
+        f.dim
+        for f in frames
+        if -f.dim <= cost.dim() and (f.name == _PARTICLE_PLATE or (f.full_size or f.size) != f.size)
+    )
 
 
 def _is_score_site(site: dict) -> bool:
@@ -117,6 +138,8 @@ class _EstimatorELBO(ELBO):
         vectorize_particles: bool = False,
         analytic_kl: bool = False,
         sites: Iterable[str] | None = None,
+        baseline: str | float | Baseline | None = None,
+        stl: bool = False,
         **kwargs: Any,
     ):
         if not isinstance(num_particles, int) or num_particles < 1:
@@ -124,11 +147,28 @@ class _EstimatorELBO(ELBO):
         check_estimator(self.estimator)
         self.analytic_kl = bool(analytic_kl)
         self.sites = None if sites is None else tuple([sites] if isinstance(sites, str) else sites)
+        self.baseline = make_baseline(baseline)
+        self.stl = bool(stl)
+        if self.baseline is not None and self.baseline.needs_particles and (
+            num_particles < 2 or not vectorize_particles
+        ):
+            raise ValueError(
+                f"baseline {self.baseline!r} (leave-one-out) compares particles: it needs "
+                f"num_particles >= 2 and vectorize_particles=True, got num_particles={num_particles}, "
+                f"vectorize_particles={vectorize_particles}"
+            )
+        if self.stl and self.analytic_kl:
+            raise ValueError(
+                "stl=True (sticking the landing) drops the score term of the Monte Carlo log q, and "
+                "analytic_kl=True has no such term; use one or the other"
+            )
         self._options = dict(
             max_plate_nesting=max_plate_nesting,
             vectorize_particles=vectorize_particles,
             analytic_kl=analytic_kl,
             sites=self.sites,
+            baseline=self.baseline,
+            stl=self.stl,
             **kwargs,
         )
         super().__init__(
@@ -205,51 +245,71 @@ class _EstimatorELBO(ELBO):
         for position, site in enumerate(guide_sites):
             name = site["name"]
             if self.analytic_kl and is_guide_latent(site):
-                p_site = model_trace.nodes.get(name)
-                kl = self._kl_term(name, site, p_site)
-                terms.append(_Term(name, guide_stacks[name], kl, position, own_sample=False))
+                kl = self._kl_term(name, site, model_trace.nodes.get(name))
+                terms.append(_Term(name, guide_stacks[name], kl, position, False, kl))
                 closed_form.add(name)
             else:
-                terms.append(_Term(name, guide_stacks[name], site["log_prob"], position, True))
+                log_q = site["log_prob"]
+                terms.append(_Term(name, guide_stacks[name], log_q, position, True, self._log_q_surrogate(site)))
         for name, site in model_trace.nodes.items():
             if site["type"] == "sample" and name not in closed_form:
-                terms.append(_Term(name, model_stacks[name], -site["log_prob"], math.inf, True))
+                log_p = -site["log_prob"]
+                terms.append(_Term(name, model_stacks[name], log_p, math.inf, True, log_p))
         return terms
 
-    def _score_terms(self, terms: list[_Term], guide_trace: Trace) -> torch.Tensor | float:
-        r""":math:`\sum_{s} \log q_s(z_s) \bot(\mathrm{cost}_s)` over the score-function sites."""
+    def _log_q_surrogate(self, site: dict) -> torch.Tensor | float:
+        r"""A guide site's Monte Carlo :math:`\log q` in the surrogate: left out at score-function
+        sites (its gradient at fixed z has mean zero; the score term carries the rest); with
+        ``stl=True`` at reparameterized sites, only its path derivative (Roeder, Wu and Duvenaud
+        2017): :math:`\log q_\phi(z) - \log q_\phi(\bot z) + \bot \log q_\phi(\bot z)`."""
+        if _is_score_site(site):
+            return 0.0
+        if not (self.stl and is_guide_latent(site)):
+            return site["log_prob"]
+        at_fixed_z = site["fn"].log_prob(site["value"].detach())
+        at_fixed_z = scale_and_mask(at_fixed_z, site["scale"], site["mask"])
+        return site["log_prob"] - at_fixed_z + at_fixed_z.detach()
+
+    def _score_terms(
+        self, terms: list[_Term], guide_trace: Trace, args: tuple, kwargs: dict
+    ) -> tuple[torch.Tensor | float, list[tuple[str, torch.Tensor, Context]]]:
+        r""":math:`\sum_{s} \log q_s(z_s)\, \bot(c_s - \sigma_s b_s)` over the score-function sites
+        ``s``, with :math:`\sigma_s` the site's scale and :math:`b_s` the baseline for the unscaled
+        cost :math:`c_s / \sigma_s`; also the unscaled costs, for the baseline's update."""
         total: torch.Tensor | float = 0.0
+        costs = []
         guide_sites = [s for s in guide_trace.nodes.values() if s["type"] == "sample"]
         for position, site in enumerate(guide_sites):
             if not _is_score_site(site):
                 continue
-            cost = MultiFrameTensor(
-                *((t.frames, t.value) for t in terms if t.depends_on(position))
-            )
             frames = [f for f in site["cond_indep_stack"] if f.vectorized]
+            cost = MultiFrameTensor(*((t.frames, t.value) for t in terms if t.depends_on(position)))
+            cost = torch.as_tensor(cost.sum_to(frames)).detach()
+            if self.baseline is not None:
+                scale = torch.as_tensor(site["scale"])
+                ctx = Context(self._particle_dim(), _averaged_dims(frames, cost), args, kwargs)
+                unscaled = cost / scale
+                cost = cost - scale * self.baseline.value(site["name"], unscaled, ctx)
+                costs.append((site["name"], unscaled, ctx))
             log_q = scale_and_mask(site["unscaled_log_prob"], mask=site["mask"])
-            total = total + log_q * cost.sum_to(frames).detach()
-        return total
+            total = total + log_q * cost
+        return total, costs
 
-    def _particle_losses(
-        self, model_trace: Trace, guide_trace: Trace
-    ) -> tuple[torch.Tensor, torch.Tensor, list[_Term]]:
+    def _particle_losses(self, model_trace: Trace, guide_trace: Trace, args: tuple, kwargs: dict) -> _Particles:
         """Per-particle loss (-ELBO) and surrogate loss, each of shape (particles in the trace,),
-        and the loss terms."""
+        with the loss terms and the score-function costs."""
         dim = self._particle_dim()
         terms = self._terms(model_trace, guide_trace)
         loss = surrogate = torch.zeros(())
         for term in terms:
-            value = _per_particle(term.value, dim)
-            loss = loss + value.detach()
-            site = guide_trace.nodes.get(term.site) if term.position != math.inf else None
-            if site is None or not term.own_sample or not _is_score_site(site):
-                surrogate = surrogate + value
+            loss = loss + _per_particle(term.value, dim).detach()
+            surrogate = surrogate + _per_particle(term.surrogate, dim)
         if not torch.isfinite(loss.sum()):
             _raise_non_finite(terms, guide_trace, model_trace)
-        surrogate = surrogate + _per_particle(self._score_terms(terms, guide_trace), dim)
+        score, costs = self._score_terms(terms, guide_trace, args, kwargs)
+        surrogate = surrogate + _per_particle(score, dim)
         n = self.num_particles if dim is not None else 1
-        return loss.expand(n), surrogate.expand(n), terms
+        return _Particles(loss.expand(n), surrogate.expand(n), terms, costs)
 
     def particle_losses(
         self, model: Callable, guide: Callable, *args: Any, **kwargs: Any
@@ -259,7 +319,9 @@ class _EstimatorELBO(ELBO):
         The gradient of ``surrogate[i]`` is particle ``i``'s single-sample gradient estimate; the
         ELBO's estimate is their mean. :func:`~ppl_reparam.pyro.gradient_variance` builds on this.
         """
-        pairs = [self._particle_losses(*traces)[:2] for traces in self._get_traces(model, guide, args, kwargs)]
+        pairs = [
+            self._particle_losses(*traces, args, kwargs)[:2] for traces in self._get_traces(model, guide, args, kwargs)
+        ]
         if len(pairs) == 1:
             return pairs[0]
         losses, surrogates = zip(*pairs)
@@ -287,12 +349,14 @@ class _EstimatorELBO(ELBO):
         """
         total = 0.0
         for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
-            loss, surrogate, terms = self._particle_losses(model_trace, guide_trace)
+            loss, surrogate, terms, costs = self._particle_losses(model_trace, guide_trace, args, kwargs)
             total += loss.sum().item() / self.num_particles
             params = _params(model_trace, guide_trace)
             if params and surrogate.requires_grad:
                 (surrogate.sum() / self.num_particles).backward(retain_graph=True)
                 _check_gradients(params, terms)
+            for site, cost, ctx in costs:
+                self.baseline.update(site, cost, ctx)
         return total
 
 
