@@ -1,18 +1,22 @@
 """``ppl-reparam toy``: the classic table of gradient mean and variance against sample size N.
 
-For each N and estimator, :func:`sweep` measures ``reps`` independent N-sample estimates of the
-gradient in ``theta`` of the toy problem (:mod:`ppl_reparam.models.toy_gaussian`) and puts them
-beside the closed forms of :mod:`ppl_reparam.analytic`. Estimator specs:
+For each N and estimator spec (:mod:`ppl_reparam.specs`; the spec's particle count is replaced by N),
+:func:`sweep` measures ``reps`` independent N-sample estimates of the gradient in ``theta`` of the toy
+problem (:mod:`ppl_reparam.models.toy_gaussian`) and puts them beside the closed forms of
+:mod:`ppl_reparam.analytic` where those exist:
 
-- ``score``: score function, closed-form entropy: per-sample gradient x^2 (x - theta), the textbook one;
-- ``score-mc``: score function, Monte Carlo entropy (estimator A, what Pyro's Trace_ELBO does);
-- ``pathwise``: reparameterized, closed-form entropy: 2 x; ``pathwise-mc``: Monte Carlo entropy.
+- ``score+akl``: score function, closed-form entropy: per-sample gradient x^2 (x - theta), the textbook one;
+- ``score``: score function, Monte Carlo entropy (estimator A, what Pyro's Trace_ELBO does);
+- ``pathwise+akl`` / ``pathwise``: reparameterized, 2 x either way;
+- ``score+akl+b=7``: the optimal constant baseline at theta = 2; ``pathwise+stl``: sticking the landing.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,24 +24,19 @@ from tqdm.auto import tqdm
 
 from . import analytic
 from .report import markdown_table, write_csv, write_json
+from .specs import EstimatorSpec, parse_spec, parse_specs
 
 DEFAULT_SAMPLES = (10, 100, 1000, 10000, 100000)
-SPECS = {
-    "score": ("score", True),
-    "score-mc": ("score", False),
-    "pathwise": ("pathwise", True),
-    "pathwise-mc": ("pathwise", False),
-}
-"""Estimator spec -> (estimator, analytic_kl)."""
+DEFAULT_SPECS = "score+akl,pathwise+akl"
 
 
-def parse_specs(text: str) -> list[str]:
-    """Comma-separated estimator specs, checked against :data:`SPECS`."""
-    specs = [s.strip() for s in text.split(",") if s.strip()]
-    unknown = [s for s in specs if s not in SPECS]
-    if unknown or not specs:
-        raise ValueError(f"unknown estimator spec(s) {unknown or text!r}; choose from {', '.join(SPECS)}")
-    return specs
+def closed_form(spec: EstimatorSpec, theta: float) -> analytic.Moments | None:
+    """Exact moments of the spec's per-sample gradient, where :mod:`ppl_reparam.analytic` has them."""
+    if spec.is_iwae or isinstance(spec.baseline, str):
+        return None
+    return analytic.gradient_moments(
+        spec.base, theta, analytic_kl=spec.analytic_kl, baseline=spec.baseline or 0.0, stl=spec.stl
+    )
 
 
 def parse_samples(text: str) -> list[int]:
@@ -51,41 +50,39 @@ def parse_samples(text: str) -> list[int]:
     return samples
 
 
-def _measure_pyro(theta: float, spec: str, n: int, reps: int, seed: int):
+def _measure_pyro(theta: float, spec: EstimatorSpec, reps: int, seed: int):
     import pyro
 
     from .models.toy_gaussian import ToyGaussian
-    from .pyro import PathwiseELBO, ScoreFunctionELBO, gradient_variance
+    from .pyro import gradient_variance
+    from .pyro.specs import make_elbo
 
-    estimator, analytic_kl = SPECS[spec]
-    cls = ScoreFunctionELBO if estimator == "score" else PathwiseELBO
-    elbo = cls(num_particles=n, vectorize_particles=True, max_plate_nesting=0, analytic_kl=analytic_kl)
     toy = ToyGaussian(theta)
     pyro.clear_param_store()
-    return gradient_variance(elbo, toy.model, toy.guide, num_reps=reps, seed=seed)
+    return gradient_variance(make_elbo(spec, max_plate_nesting=0), toy.model, toy.guide, num_reps=reps, seed=seed)
 
 
 def sweep(
     theta: float = 2.0,
     samples: Sequence[int] = DEFAULT_SAMPLES,
     reps: int = 100,
-    specs: Sequence[str] = ("score", "pathwise"),
+    specs: Sequence[EstimatorSpec | str] = tuple(DEFAULT_SPECS.split(",")),
     seed: int = 0,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Measure every (N, spec) pair; one row each, with the closed forms beside the measurements."""
     rows = []
-    jobs = [(n, spec) for spec in specs for n in samples]
+    jobs = [(n, parse_spec(spec) if isinstance(spec, str) else spec) for spec in specs for n in samples]
     for n, spec in tqdm(jobs, desc="toy sweep", disable=not progress):
-        stats = _measure_pyro(theta, spec, n, reps, seed)
+        spec = replace(spec, particles=n)
+        stats = _measure_pyro(theta, spec, reps, seed)
         s = stats["theta"]
-        estimator, analytic_kl = SPECS[spec]
-        exact = analytic.gradient_moments(estimator, theta, analytic_kl=analytic_kl)
+        exact = closed_form(spec, theta) or analytic.Moments(math.nan, math.nan, math.nan)
         low, high = s.variance_ci
         rows.append(
             {
                 "backend": "pyro",
-                "estimator": spec,
+                "estimator": str(replace(spec, particles=1)),
                 "N": n,
                 "mean": float(s.mean),
                 "standard_error": float(s.standard_error),
@@ -122,6 +119,8 @@ def summary_table(rows: Sequence[dict[str, Any]]) -> str:
 
 def run(args: argparse.Namespace) -> None:
     specs = parse_specs(args.estimators)
+    if any(spec.is_iwae for spec in specs):
+        raise ValueError("the toy sweep takes score and pathwise specs; compare IWAE with `ppl-reparam compare`")
     samples = parse_samples(args.samples)
     if args.reps < 5:
         raise ValueError(f"--reps must be at least 5 (for the variance interval), got {args.reps}")
@@ -151,7 +150,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--samples", default=",".join(map(str, DEFAULT_SAMPLES)),
                         help="comma-separated sample sizes N")
     parser.add_argument("--reps", type=int, default=100, help="repetitions per N")
-    parser.add_argument("--estimators", default="score,pathwise", help=f"comma-separated: {', '.join(SPECS)}")
+    parser.add_argument("--estimators", default=DEFAULT_SPECS,
+                        help="comma-separated estimator specs (see ppl_reparam.specs), particles set by N")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="results", help="folder for toy.csv, toy.json and toy.png")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")

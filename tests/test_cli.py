@@ -12,20 +12,21 @@ from ppl_reparam.cli import main
 
 def test_toy_end_to_end(tmp_path, capsys):
     out = tmp_path / "toy"
-    code = main(["toy", "--samples", "10,100", "--reps", "20", "--estimators", "score,pathwise-mc",
+    code = main(["toy", "--samples", "10,100", "--reps", "20", "--estimators", "score+akl,pathwise,pathwise+stl",
                  "--seed", "3", "--out", str(out), "--quiet"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "| N | estimator | mean | variance | 95% CI | closed form |" in printed
     rows = list(csv.DictReader(open(out / "toy.csv")))
     assert [(r["estimator"], r["N"]) for r in rows] == [
-        ("score", "10"), ("score", "100"), ("pathwise-mc", "10"), ("pathwise-mc", "100")]
-    assert float(rows[0]["closed_form_per_sample_variance"]) == pytest.approx(87.0)
+        ("score+akl", "10"), ("score+akl", "100"), ("pathwise", "10"), ("pathwise", "100"),
+        ("pathwise+stl", "10"), ("pathwise+stl", "100")]
+    assert [float(r["closed_form_per_sample_variance"]) for r in rows[::2]] == pytest.approx([87.0, 4.0, 1.0])
     saved = json.loads((out / "toy.json").read_text())
-    assert saved["seed"] == 3 and len(saved["rows"]) == 4
+    assert saved["seed"] == 3 and len(saved["rows"]) == 6
     assert (out / "toy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # same seed, same numbers
-    main(["toy", "--samples", "10,100", "--reps", "20", "--estimators", "score,pathwise-mc",
+    main(["toy", "--samples", "10,100", "--reps", "20", "--estimators", "score+akl,pathwise,pathwise+stl",
           "--seed", "3", "--out", str(tmp_path / "again"), "--quiet"])
     again = list(csv.DictReader(open(tmp_path / "again" / "toy.csv")))
     assert [r["mean"] for r in again] == [r["mean"] for r in rows]
@@ -36,7 +37,8 @@ def test_toy_end_to_end(tmp_path, capsys):
     [
         (["toy", "--samples", "ten"], "--samples must be comma-separated integers"),
         (["toy", "--samples", "0,10"], "--samples must be positive"),
-        (["toy", "--estimators", "score,reinforce"], "unknown estimator spec"),
+        (["toy", "--estimators", "score,reinforce"], "unknown base 'reinforce'"),
+        (["toy", "--estimators", "iwae-dreg:5"], "compare IWAE with `ppl-reparam compare`"),
         (["toy", "--reps", "3"], "--reps must be at least 5"),
     ],
 )

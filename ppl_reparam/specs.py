@@ -1,0 +1,91 @@
+"""Estimator specs: one short string names an ELBO and its gradient estimator (framework-free).
+
+Grammar: ``BASE[+OPTION...][:K]``, e.g. ``score``, ``score+rloo:8``, ``pathwise+stl``,
+``score+akl``, ``score+b=7``, ``iwae-dreg:5``.
+
+- ``BASE``: ``score`` (score function), ``pathwise`` (reparameterization), ``iwae`` (importance-weighted
+  bound, pathwise gradient), ``iwae-vimco`` (VIMCO), ``iwae-dreg`` (doubly reparameterized).
+- ``OPTION``: ``akl`` (closed-form KL / entropy, estimator B), ``stl`` (sticking the landing,
+  pathwise), ``rloo`` / ``ma`` / ``learned`` (leave-one-out, moving-average, learned baseline, score
+  function), ``b=VALUE`` (constant baseline).
+- ``K``: particles (samples) per estimate; default 1, or 5 for the IWAE bases.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+BASES = ("score", "pathwise", "iwae", "iwae-vimco", "iwae-dreg")
+IWAE_ESTIMATOR = {"iwae": "pathwise", "iwae-vimco": "score", "iwae-dreg": "dreg"}
+BASELINE_OPTIONS = {"rloo": "rloo", "ma": "moving_average", "learned": "learned"}
+OPTIONS = {"akl", "stl", *BASELINE_OPTIONS}
+
+
+@dataclass(frozen=True)
+class EstimatorSpec:
+    """A parsed spec; ``str(spec)`` gives it back in canonical form."""
+
+    base: str
+    particles: int
+    analytic_kl: bool = False
+    stl: bool = False
+    baseline: str | float | None = None
+
+    @property
+    def is_iwae(self) -> bool:
+        return self.base in IWAE_ESTIMATOR
+
+    def __str__(self) -> str:
+        options = [name for name, on in (("akl", self.analytic_kl), ("stl", self.stl)) if on]
+        if isinstance(self.baseline, float):
+            options.append(f"b={self.baseline:g}")
+        elif self.baseline is not None:
+            options.append({v: k for k, v in BASELINE_OPTIONS.items()}[self.baseline])
+        default = 5 if self.is_iwae else 1
+        return "+".join([self.base, *options]) + (f":{self.particles}" if self.particles != default else "")
+
+
+def parse_spec(text: str) -> EstimatorSpec:
+    """Parse one spec; a ValueError names what is wrong and lists the choices."""
+    body, _, k = text.strip().partition(":")
+    base, *options = body.split("+")
+    if base not in BASES:
+        raise ValueError(f"estimator spec {text!r}: unknown base {base!r}; choose from {', '.join(BASES)}")
+    try:
+        particles = int(k) if k else (5 if base in IWAE_ESTIMATOR else 1)
+    except ValueError:
+        raise ValueError(f"estimator spec {text!r}: particles after ':' must be an integer, got {k!r}") from None
+    if particles < 1:
+        raise ValueError(f"estimator spec {text!r}: particles must be positive")
+    fields: dict = {}
+    for option in options:
+        if option.startswith("b="):
+            try:
+                fields["baseline"] = float(option[2:])
+            except ValueError:
+                raise ValueError(f"estimator spec {text!r}: constant baseline {option!r} is not a number") from None
+        elif option in BASELINE_OPTIONS:
+            fields["baseline"] = BASELINE_OPTIONS[option]
+        elif option == "akl":
+            fields["analytic_kl"] = True
+        elif option == "stl":
+            fields["stl"] = True
+        else:
+            choices = ", ".join(sorted(OPTIONS))
+            raise ValueError(f"estimator spec {text!r}: unknown option {option!r}; choose from {choices} or b=VALUE")
+    spec = EstimatorSpec(base, particles, **fields)
+    if spec.is_iwae and options:
+        raise ValueError(f"estimator spec {text!r}: the IWAE bases take no options, only :K")
+    if spec.baseline is not None and base != "score":
+        raise ValueError(f"estimator spec {text!r}: baselines apply to the score function only")
+    if spec.stl and base != "pathwise":
+        raise ValueError(f"estimator spec {text!r}: stl applies to the pathwise estimator only")
+    return spec
+
+
+def parse_specs(text: str) -> list[EstimatorSpec]:
+    """A comma-separated list of specs."""
+    specs = [parse_spec(part) for part in text.split(",") if part.strip()]
+    if not specs:
+        raise ValueError("no estimator spec given")
+    return specs

@@ -1,0 +1,52 @@
+"""Estimator specs: parsing, canonical form, errors, and the Pyro ELBO each one builds."""
+
+import pytest
+
+from ppl_reparam.pyro.baselines import ConstantBaseline, LeaveOneOutBaseline
+from ppl_reparam.pyro.elbo import PathwiseELBO, ScoreFunctionELBO
+from ppl_reparam.pyro.iwae import IWAE
+from ppl_reparam.pyro.specs import make_elbo
+from ppl_reparam.specs import EstimatorSpec, parse_spec, parse_specs
+
+
+@pytest.mark.parametrize("text", ["score", "pathwise", "score+akl", "score+rloo:8", "score+akl+b=7",
+                                  "pathwise+stl:4", "iwae", "iwae-dreg:3", "iwae-vimco", "score+ma", "score+learned"])
+def test_round_trip(text):
+    assert str(parse_spec(text)) == text
+
+
+def test_fields():
+    assert parse_spec("score+akl+b=7:10") == EstimatorSpec("score", 10, analytic_kl=True, baseline=7.0)
+    assert parse_spec("iwae-dreg").particles == 5 and parse_spec("iwae-dreg").is_iwae
+    assert [str(s) for s in parse_specs("score, pathwise+stl ,")] == ["score", "pathwise+stl"]
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("reinforce", "unknown base 'reinforce'"),
+        ("score+fast", "unknown option 'fast'"),
+        ("score:x", "must be an integer"),
+        ("score:0", "particles must be positive"),
+        ("score+b=seven", "is not a number"),
+        ("pathwise+rloo", "baselines apply to the score function only"),
+        ("score+stl", "stl applies to the pathwise estimator only"),
+        ("iwae+akl", "take no options"),
+        ("", "no estimator spec"),
+    ],
+)
+def test_errors(text, message):
+    with pytest.raises(ValueError, match=message):
+        parse_specs(text)
+
+
+def test_make_elbo():
+    elbo = make_elbo("score+rloo:4")
+    assert isinstance(elbo, ScoreFunctionELBO) and isinstance(elbo.baseline, LeaveOneOutBaseline)
+    assert elbo.num_particles == 4 and elbo.vectorize_particles
+    assert isinstance(make_elbo("score+b=2").baseline, ConstantBaseline)
+    assert isinstance(make_elbo("pathwise+stl"), PathwiseELBO) and make_elbo("pathwise+stl").stl
+    iwae = make_elbo("iwae-vimco:3")
+    assert isinstance(iwae, IWAE) and iwae.estimator == "score" and iwae.num_particles == 3
+    with pytest.raises(ValueError, match="num_particles >= 2"):
+        make_elbo("score+rloo")
