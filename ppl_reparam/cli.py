@@ -7,9 +7,10 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from . import toy
+from . import toy, vae
+from .pyro import families
 
-COMMANDS = (toy,)
+COMMANDS = (toy, vae, families)
 """Modules with ``add_parser(subparsers)``, which registers a subcommand whose ``func`` runs it."""
 
 

@@ -52,3 +52,83 @@ def plot_toy_sweep(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str],
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     return save_figure(fig, path)
+
+
+def plot_elbo_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike[str], test_label: str) -> Path:
+    """ELBO (nats per image) against epoch, one colour per estimator: training (dashed, the epoch's
+    minibatch average) and test (solid, with ±2 standard-error bands)."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for colour, estimator in zip(colours, dict.fromkeys(h["estimator"] for h in history)):
+        rows = [h for h in history if h["estimator"] == estimator]
+        epoch = np.array([h["epoch"] for h in rows])
+        test = np.array([h["test_elbo"] for h in rows])
+        se = np.array([h["test_elbo_se"] for h in rows])
+        ax.plot(epoch, test, "-", color=colour, label=f"{estimator}: {test_label}")
+        ax.fill_between(epoch, test - 2 * se, test + 2 * se, color=colour, alpha=0.2)
+        trained = [(h["epoch"], h["train_elbo"]) for h in rows if np.isfinite(h["train_elbo"])]
+        if trained:
+            ax.plot(*np.array(trained).T, "--", color=colour, label=f"{estimator}: train (minibatch average)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("ELBO (nats per image)")
+    ax.set_title("VAE ELBO by gradient estimator")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def plot_group_variance(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> Path:
+    """Total gradient variance (log scale, with its interval) and mean SNR of each parameter group
+    against epoch; colour: the estimator measured, line style: the estimator the model was trained with."""
+    groups = list(dict.fromkeys(r["group"] for r in rows))
+    measured = list(dict.fromkeys(r["measured"] for r in rows))
+    trained = list(dict.fromkeys(r["trained_with"] for r in rows))
+    colours = dict(zip(measured, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    styles = dict(zip(trained, ["-o", "--s", ":^"]))
+    fig, axes = plt.subplots(2, len(groups), figsize=(5.6 * len(groups), 7.6), squeeze=False, sharex=True,
+                             layout="constrained")
+    for col, group in enumerate(groups):
+        for m in measured:
+            for t in trained:
+                pts = [r for r in rows if (r["group"], r["measured"], r["trained_with"]) == (group, m, t)]
+                if not pts:
+                    continue
+                epoch = np.array([r["epoch"] for r in pts])
+                total = np.array([r["total_variance"] for r in pts])
+                low = np.array([r["ci_low"] for r in pts])
+                high = np.array([r["ci_high"] for r in pts])
+                label = f"{m} gradient, model trained with {t}"
+                axes[0, col].errorbar(epoch, total, yerr=[total - low, high - total], fmt=styles[t],
+                                      color=colours[m], capsize=3, markersize=4, label=label)
+                axes[1, col].plot(epoch, [r["mean_snr"] for r in pts], styles[t], color=colours[m],
+                                  markersize=4, label=label)
+        axes[0, col].set_yscale("log")
+        axes[0, col].set_title(f"{group} parameters")
+        axes[0, col].set_ylabel("total variance (sum over elements)")
+        axes[1, col].set_yscale("log")
+        axes[1, col].set_ylabel("mean SNR |mean| / sd")
+        axes[1, col].set_xlabel("epoch")
+        for ax in axes[:, col]:
+            ax.grid(True, which="both", alpha=0.3)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=2, fontsize=8)
+    return save_figure(fig, path)
+
+
+def plot_image_grid(rows: Sequence[tuple[str, np.ndarray]], path: str | os.PathLike[str]) -> Path:
+    """A grid of square grayscale images, one labelled row per ``(label, images (n, side * side))``;
+    pixel values in [0, 1] (probabilities for reconstructions and samples)."""
+    n = max(len(images) for _, images in rows)
+    side = int(round(np.sqrt(rows[0][1].shape[1])))
+    fig, axes = plt.subplots(len(rows), n, figsize=(0.9 * n + 1.6, 0.95 * len(rows)), squeeze=False)
+    for i, (label, images) in enumerate(rows):
+        for j in range(n):
+            ax = axes[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j < len(images):
+                ax.imshow(images[j].reshape(side, side), cmap="gray_r", vmin=0, vmax=1)
+            else:
+                ax.axis("off")
+        axes[i, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+    return save_figure(fig, path)

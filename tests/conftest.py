@@ -4,6 +4,13 @@ import pytest
 
 logging.getLogger("pyro").setLevel(logging.WARNING)
 
+try:  # one torch thread: on a busy 2-core machine a thread pool makes small ops far slower
+    import torch
+
+    torch.set_num_threads(1)
+except ImportError:
+    pass
+
 
 @pytest.fixture(autouse=True)
 def _fresh_pyro_state():

@@ -1,12 +1,22 @@
 """Pyro backend: per-site estimator control, ELBO variants and gradient-variance measurement."""
 
+from .baselines import ConstantBaseline, LearnedBaseline, LeaveOneOutBaseline, MovingAverageBaseline
 from .elbo import PathwiseELBO, ScoreFunctionELBO
+from .guides import AmortizedNormal, MeanField
 from .handlers import ESTIMATORS, EstimatorDistribution, force_estimator
+from .iwae import IWAE
 from .variance import compare_estimators, gradient_variance
 
 __all__ = [
+    "AmortizedNormal",
+    "ConstantBaseline",
     "ESTIMATORS",
     "EstimatorDistribution",
+    "IWAE",
+    "LearnedBaseline",
+    "LeaveOneOutBaseline",
+    "MeanField",
+    "MovingAverageBaseline",
     "PathwiseELBO",
     "ScoreFunctionELBO",
     "compare_estimators",

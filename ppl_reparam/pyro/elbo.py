@@ -372,7 +372,8 @@ def _params(*traces: Trace) -> list[torch.Tensor]:
 
 def _check_gradients(params: list[torch.Tensor], terms: list[_Term]) -> None:
     """Raise a ValueError naming the first site whose loss term gives a non-finite gradient."""
-    if all(p.grad is None or torch.isfinite(p.grad).all() for p in params):
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads or torch.isfinite(torch.nn.utils.get_total_norm(grads)):  # one fused check
         return
     for term in terms:
         if not term.value.requires_grad:

@@ -16,7 +16,8 @@ Two ways to draw them, chosen by ``method``:
 - ``"loop"``: one reverse-mode gradient per repetition. Works with any ELBO, Pyro's own included.
 
 ``"auto"`` (default) takes ``"forward"`` when it applies and the parameters have at most
-``num_reps // 4`` elements, else ``"loop"``.
+``num_reps // 4`` elements, else ``"loop"``; it also takes ``"loop"`` when torch has no forward-mode
+derivative for a sampler in the guide (Gamma, Beta and Dirichlet's implicit reparameterization).
 """
 
 from __future__ import annotations
@@ -166,18 +167,27 @@ def gradient_variance(
     with _isolated_rng(seed):
         params = trace_params(model, guide, *args, **kwargs)
         size = sum(p.numel() for p in params.values())
-        if method == "auto":
+        auto = method == "auto"
+        if auto:
             method = "forward" if batched and 4 * size <= num_reps else "loop"
-        if method == "forward":
-            if not batched:
-                raise ValueError(
-                    "method='forward' needs ScoreFunctionELBO or PathwiseELBO with "
-                    "vectorize_particles=True; use method='loop' for this ELBO"
-                )
-            samples = _forward_samples(
-                elbo, model, guide, args, kwargs, params, num_reps, seed, chunk_particles, progress
+        if method == "forward" and not batched:
+            raise ValueError(
+                "method='forward' needs ScoreFunctionELBO or PathwiseELBO with "
+                "vectorize_particles=True; use method='loop' for this ELBO"
             )
-        else:
+        samples = None
+        if method == "forward":
+            try:
+                samples = _forward_samples(
+                    elbo, model, guide, args, kwargs, params, num_reps, seed, chunk_particles, progress
+                )
+            except NotImplementedError as e:
+                # torch has no forward-mode derivative for some samplers (Gamma, Beta, Dirichlet);
+                # "auto" then draws the same statistics by reverse mode
+                if not (auto and "forward AD" in str(e)):
+                    raise
+                pyro.set_rng_seed(seed)
+        if samples is None:
             samples = _loop_samples(elbo, model, guide, args, kwargs, params, num_reps, progress)
     seconds = time.perf_counter() - start
     return GradientStats.from_samples(samples, elbo.num_particles, seconds, confidence)

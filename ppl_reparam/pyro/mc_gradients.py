@@ -1,0 +1,131 @@
+r"""Per-sample Monte Carlo gradients of an expectation, in the style of DeepMind's ``mc_gradients``.
+
+Both functions estimate :math:`\nabla_\theta E_{q(x;\theta)}[f(x)]` for a function ``f`` that does
+not itself depend on :math:`\theta`, and return one gradient per sample, shape ``(num_samples, P)``,
+so that the caller can take the mean (the usual estimator) or measure the per-sample variance.
+
+- Score function (REINFORCE; Williams 1992, Glynn 1990), valid for any ``q`` with a differentiable
+  log density:
+
+  .. math:: \nabla_\theta E_q[f(x)] = E_q[f(x)\,\nabla_\theta \log q(x;\theta)],
+            \qquad \hat g_i = f(x_i)\,\nabla_\theta \log q(x_i;\theta),\; x_i \sim q.
+
+- Pathwise (reparameterization; Kingma and Welling 2014, Rezende et al. 2014), for ``q`` with
+  ``rsample``, :math:`x = g(\epsilon; \theta)` and a differentiable ``f``:
+
+  .. math:: \nabla_\theta E_q[f(x)] = E_\epsilon[f'(x)\,\nabla_\theta g(\epsilon;\theta)],
+            \qquad \hat g_i = \nabla_\theta f(g(\epsilon_i;\theta)).
+
+  For Gamma, Beta and Dirichlet, torch has no explicit ``g`` and uses implicit reparameterization
+  (Figurnov, Mohamed and Mnih, "Implicit Reparameterization Gradients", NeurIPS 2018):
+  :math:`\nabla_\theta x = -\nabla_\theta F(x;\theta) / q(x;\theta)` with ``F`` the CDF, computed
+  without differentiating through the sampler.
+
+Survey: Mohamed, Rosca, Figurnov and Mnih, "Monte Carlo Gradient Estimation in Machine Learning",
+JMLR 21(132), 2020, sections 4 and 5.
+
+How per-sample Jacobians come out of one backward pass: ``params`` (P,) is copied into ``num_samples``
+identical rows (num_samples, P), each a leaf that requires grad, and ``dist_builder(rows)`` builds a
+batch of ``num_samples`` distributions, drawing one sample from each. Sample ``i`` and its value
+depend on row ``i`` only, so the gradient of :math:`\sum_i \hat f_i` w.r.t. the rows is, row by row,
+the per-sample Jacobian. This needs ``dist_builder`` to map a ``(..., P)`` tensor of parameter rows to
+a distribution of batch shape ``(...)`` without mixing rows (e.g. ``lambda p: Normal(p[..., 0],
+p[..., 1])``), and ``function`` to map samples ``(num_samples, *event_shape)`` to values
+``(num_samples,)``.
+
+Sampling happens under ``torch.random.fork_rng`` seeded with ``seed``: the same seed gives the same
+numbers, and the caller's global RNG state is left as it was.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch.distributions import Distribution
+
+Function = Callable[[torch.Tensor], torch.Tensor]
+DistBuilder = Callable[[torch.Tensor], Distribution]
+
+
+def _rows(params: torch.Tensor, num_samples: int) -> torch.Tensor:
+    """``num_samples`` leaf copies of the 1-D ``params``, shape (num_samples, P), requiring grad."""
+    if params.dim() != 1:
+        raise ValueError(f"params must be a 1-D tensor of P parameters, got shape {tuple(params.shape)}")
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be positive, got {num_samples}")
+    return params.detach().unsqueeze(0).repeat(num_samples, 1).requires_grad_(True)
+
+
+def _batch(dist_builder: DistBuilder, rows: torch.Tensor) -> Distribution:
+    """The batch of distributions, one per row, with its batch shape checked."""
+    d = dist_builder(rows)
+    if tuple(d.batch_shape) != (rows.shape[0],):
+        raise ValueError(
+            f"dist_builder must map parameter rows (N, P) to a distribution of batch shape (N,); "
+            f"got batch shape {tuple(d.batch_shape)} for rows {tuple(rows.shape)}"
+        )
+    return d
+
+
+def _values(function: Function, x: torch.Tensor, num_samples: int) -> torch.Tensor:
+    """``function(x)`` with its shape checked: one value per sample."""
+    values = function(x)
+    if tuple(values.shape) != (num_samples,):
+        raise ValueError(f"function must return one value per sample, shape ({num_samples},); "
+                         f"got {tuple(values.shape)}")
+    return values
+
+
+def _jacobian(total: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Gradient of the summed per-sample values w.r.t. the rows: the per-sample Jacobians (zero
+    where a value does not depend on a parameter)."""
+    (grad,) = torch.autograd.grad(total, rows, allow_unused=True, materialize_grads=True)
+    return grad
+
+
+def score_function_jacobians(
+    function: Function,
+    dist_builder: DistBuilder,
+    params: torch.Tensor,
+    num_samples: int,
+    *,
+    seed: int,
+) -> torch.Tensor:
+    r"""Per-sample score-function gradients :math:`f(x_i)\,\nabla_\theta \log q(x_i;\theta)`, shape
+    ``(num_samples, P)``; :math:`x_i` is drawn with ``sample()``, so no gradient flows through it.
+    Unbiased for :math:`\nabla_\theta E_q[f(x)]` whenever ``q`` has a log density differentiable in
+    :math:`\theta` (discrete ones included)."""
+    rows = _rows(params, num_samples)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        d = _batch(dist_builder, rows)
+        x = d.sample()
+    values = _values(function, x, num_samples).detach()
+    return _jacobian((values * d.log_prob(x)).sum(), rows)
+
+
+def pathwise_jacobians(
+    function: Function,
+    dist_builder: DistBuilder,
+    params: torch.Tensor,
+    num_samples: int,
+    *,
+    seed: int,
+) -> torch.Tensor:
+    r"""Per-sample pathwise gradients :math:`\nabla_\theta f(x_i(\theta))` with :math:`x_i` from
+    ``rsample()``, shape ``(num_samples, P)``. Raises ``ValueError`` naming the distribution when it
+    has no ``rsample`` (e.g. Bernoulli, Poisson): use :func:`score_function_jacobians` there.
+
+    Unbiased when ``f`` is differentiable and the sample is a differentiable function of the
+    parameters; a straight-through distribution (e.g. Pyro's ``RelaxedBernoulliStraightThrough``)
+    returns a discrete sample with the relaxed sample's gradient, a biased estimate by design."""
+    rows = _rows(params, num_samples)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        d = _batch(dist_builder, rows)
+        if not d.has_rsample:
+            raise ValueError(f"{type(d).__name__} has no rsample, so no pathwise gradient; "
+                             "use score_function_jacobians")
+        x = d.rsample()
+    return _jacobian(_values(function, x, num_samples).sum(), rows)

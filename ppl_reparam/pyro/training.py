@@ -1,0 +1,430 @@
+r"""Minibatch SVI training of amortized models, with checkpoints that resume bit for bit.
+
+A :class:`TrainingRun` is one model/guide pair trained by Pyro's ``SVI`` with Adam and one of this
+package's ELBOs. It owns its parameters (a Pyro param-store scope, so several runs with the same
+parameter names live in one process), its optimizer state and its own random streams (a torch RNG
+state for the ELBO's samples; a NumPy ``Generator`` for shuffling and dynamic binarization).
+Its :meth:`~TrainingRun.state_dict` holds all of them, so a run restored from it continues exactly
+as the uninterrupted run would have. Models and guides take ``(x, num_data=N)`` with a plate built
+by :func:`~ppl_reparam.pyro.guides.data_plate`, so each step's loss estimates the full-data -ELBO
+(Hoffman, Blei, Wang and Paisley, "Stochastic Variational Inference", JMLR 2013).
+
+:func:`evaluate_elbo` estimates the ELBO per datum with many particles (pathwise, vectorized), with
+a standard error over particles. :func:`save_checkpoint` writes atomically.
+
+:func:`measure_estimators` measures every estimator's gradient on one run's current parameters,
+aggregated over the encoder's and the decoder's parameters (:mod:`ppl_reparam.stats`), and
+:func:`train_vae` is the ``ppl-reparam vae`` study: one run per estimator from the same initial
+weights, test ELBOs every epoch, those measurements at fixed epochs, a checkpoint every epoch.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyro
+import torch
+from pyro.distributions import constraints
+from pyro.infer import SVI
+from pyro.optim import Adam
+from tqdm.auto import tqdm
+
+from ..data import binarize, load_dataset, minibatches
+from ..models.vae import make_vae
+from ..report import atomic_write_bytes
+from ..stats import GroupStats, MeanAgreement, variance_ratio
+from .elbo import PathwiseELBO, ScoreFunctionELBO, _EstimatorELBO
+from .handlers import check_estimator
+from .variance import _isolated_rng, gradient_variance
+
+if TYPE_CHECKING:
+    from ..vae import VAEConfig
+
+ELBOS: dict[str, type[_EstimatorELBO]] = {"pathwise": PathwiseELBO, "score": ScoreFunctionELBO}
+MAX_ELEMENTS = 2**23
+"""Most elements (particles x rows x pixels) in one vectorized evaluation pass."""
+CHECKPOINT = "checkpoint.pt"
+IMAGES = 10
+"""Test images shown, with their reconstructions and as many prior samples."""
+
+
+def make_elbo(estimator: str, num_particles: int = 1, analytic_kl: bool = False) -> _EstimatorELBO:
+    """The ELBO forcing ``estimator`` on every guide latent, for models with one plate (the data);
+    particles are vectorized when there are several."""
+    check_estimator(estimator)
+    return ELBOS[estimator](
+        num_particles=num_particles,
+        vectorize_particles=num_particles > 1,
+        max_plate_nesting=1,
+        analytic_kl=analytic_kl,
+    )
+
+
+def evaluate_elbo(
+    model: Callable, guide: Callable, x: torch.Tensor, num_particles: int = 100, seed: int = 0
+) -> tuple[float, float]:
+    r"""ELBO per datum of ``x`` and its standard error, from ``num_particles`` pathwise particles.
+
+    Each particle ``p`` draws an independent :math:`z_i \sim q(z \mid x_i)` for every row and gives
+    :math:`E_p = \frac1n \sum_i [\log p(x_i, z_i) - \log q(z_i \mid x_i)]`; the estimate is the mean
+    of the :math:`E_p` and its standard error :math:`\mathrm{sd}(E_p)/\sqrt{P}` (particles are
+    i.i.d.; the rows are fixed). Rows are evaluated in chunks of at most :data:`MAX_ELEMENTS`
+    elements. Seeded by ``seed`` without touching the caller's RNG state.
+    """
+    if num_particles < 2:
+        raise ValueError(f"num_particles must be at least 2 for a standard error, got {num_particles}")
+    elbo = make_elbo("pathwise", num_particles)
+    rows = max(1, MAX_ELEMENTS // (num_particles * int(np.prod(x.shape[1:]))))
+    per_particle = torch.zeros(num_particles, dtype=torch.float64)
+    with _isolated_rng(seed), torch.no_grad():
+        for chunk in x.split(rows):
+            loss, _ = elbo.particle_losses(model, guide, chunk)
+            per_particle -= loss.double()
+    per_particle /= len(x)
+    return per_particle.mean().item(), (per_particle.std() / num_particles**0.5).item()
+
+
+@contextmanager
+def _torch_rng(state: torch.Tensor) -> Iterator[list[torch.Tensor]]:
+    """Run the block on the torch RNG ``state``; yields a one-element list holding the state after it.
+    The caller's RNG state is restored."""
+    outer = torch.random.get_rng_state()
+    torch.random.set_rng_state(state)
+    after = [state]
+    try:
+        yield after
+    finally:
+        after[0] = torch.random.get_rng_state()
+        torch.random.set_rng_state(outer)
+
+
+class TrainingRun:
+    """One model and guide trained with one estimator; see the module docstring.
+
+    :param name: a label (e.g. the estimator's name), used in checkpoints.
+    :param model, guide: Pyro callables taking ``(x, num_data=...)``; ``PyroModule`` instances keep
+        their parameters in this run's param-store scope.
+    :param elbo: the training ELBO, e.g. :func:`make_elbo`.
+    :param lr: Adam's learning rate (Kingma and Ba 2015).
+    :param seed: seeds the run's torch and NumPy streams.
+
+    Parameters enter the run's scope the first time model and guide run inside :meth:`active`; build
+    ``model`` and ``guide`` under the same seed to start several runs from the same weights.
+    """
+
+    def __init__(self, name: str, model: Callable, guide: Callable, elbo: _EstimatorELBO, lr: float, seed: int):
+        if not lr > 0:
+            raise ValueError(f"the learning rate must be positive, got {lr}")
+        self.name = name
+        self.model = model
+        self.guide = guide
+        self.elbo = elbo
+        self.optim = Adam({"lr": lr})
+        self.svi = SVI(model, guide, self.optim, elbo)
+        self.scope: dict[str, dict] = {"params": {}, "constraints": {}}
+        with _isolated_rng(seed):
+            self.torch_rng = torch.random.get_rng_state()
+        self.data_rng = np.random.default_rng(seed)
+        self.epoch = 0
+        self.history: list[dict[str, Any]] = []
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        """Make this run's parameters the param store's contents and its torch RNG the global one."""
+        with pyro.get_param_store().scope(self.scope) as scope, _torch_rng(self.torch_rng) as rng:
+            yield
+        self.scope = scope
+        self.torch_rng = rng[0]
+
+    def train_epoch(self, train: np.ndarray, batch_size: int, dynamic: bool = False) -> float:
+        """One pass over ``train`` (rows: data) in shuffled minibatches; with ``dynamic`` each pixel
+        of ``train`` is a probability and the epoch's data are a fresh Bernoulli draw of it.
+
+        Returns the training ELBO per datum: the steps' full-data estimates, each weighted by its
+        share of the rows, over the number of rows (parameters move during the epoch).
+        """
+        with self.active():
+            x = binarize(train, self.data_rng) if dynamic else train
+            n = len(x)
+            loss = 0.0
+            for batch in minibatches(x, batch_size, self.data_rng):
+                loss += self.svi.step(torch.from_numpy(batch), num_data=n) * len(batch) / n
+        self.epoch += 1
+        return -loss / n
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue: parameters, Adam state, RNG states, epoch, history.
+        Parameters must be unconstrained (as ``nn.Module`` weights are)."""
+        with self.active():
+            optim_state = self.optim.get_state()
+        for name, constraint in self.scope["constraints"].items():
+            if not isinstance(constraint, type(constraints.real)):
+                raise ValueError(f"parameter {name!r}: checkpoints hold unconstrained parameters, not {constraint}")
+        return {
+            "name": self.name,
+            "params": {k: v.detach().clone() for k, v in self.scope["params"].items()},
+            "optim": optim_state,
+            "torch_rng": self.torch_rng.clone(),
+            "data_rng": self.data_rng.bit_generator.state,
+            "epoch": self.epoch,
+            "history": [dict(h) for h in self.history],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s contents into this freshly built run."""
+        if state["name"] != self.name:
+            raise ValueError(f"checkpoint of run {state['name']!r} loaded into run {self.name!r}")
+        params = {k: v.clone().requires_grad_(True) for k, v in state["params"].items()}
+        # A PyroModule computes with its own nn.Parameters and only mirrors them into the param
+        # store, so values go into those tensors, which then stand in the scope themselves.
+        for module in (self.model, self.guide):
+            if isinstance(module, torch.nn.Module):
+                for name, param in module.named_parameters():
+                    if name in params:
+                        with torch.no_grad():
+                            param.copy_(params[name])
+                        params[name] = param
+        self.scope = {"params": params, "constraints": {k: constraints.real for k in params}}
+        self.optim.set_state(state["optim"])
+        self.torch_rng = state["torch_rng"].clone()
+        self.data_rng.bit_generator.state = state["data_rng"]
+        self.epoch = state["epoch"]
+        self.history = [dict(h) for h in state["history"]]
+
+
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
+    """``torch.save`` ``state`` to ``path`` atomically (temporary file in the same folder, then
+    ``os.replace``): an interrupted write leaves the previous checkpoint intact."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint` (tensors and plain Python values only:
+    ``weights_only=True``)."""
+    return torch.load(path, weights_only=True)
+
+
+# ------------------------------------------------------------------------------------- the VAE study
+GROUPS = ("encoder", "decoder")
+"""Parameter groups, by the first component of the param-store name."""
+
+
+def _seed(*keys: int) -> int:
+    """A 32-bit seed derived from integer keys (NumPy SeedSequence)."""
+    return int(np.random.SeedSequence(list(keys)).generate_state(1)[0])
+
+
+def measure_estimators(
+    run: TrainingRun,
+    estimators: Sequence[str],
+    x: torch.Tensor,
+    num_data: int,
+    *,
+    num_reps: int,
+    seed: int,
+    num_particles: int = 1,
+    analytic_kl: bool = False,
+    confidence: float = 0.95,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Gradient variance of every estimator in ``estimators`` at ``run``'s current parameters.
+
+    Each estimator gets :func:`~ppl_reparam.pyro.gradient_variance` with ``num_reps`` repetitions on
+    the fixed batch ``x`` (so the spread is the estimator's alone, not minibatch noise), under its
+    own seed (independent draws); intervals at level ``confidence``. Returns ``(rows, comparisons)``:
+    a row per estimator and group
+    (:class:`~ppl_reparam.stats.GroupStats`), and, when both are measured, a row per group with the
+    score-over-pathwise total-variance ratio (:func:`~ppl_reparam.stats.variance_ratio`) and the
+    agreement of their means (:class:`~ppl_reparam.stats.MeanAgreement`).
+    """
+    stats = {}
+    with run.active():
+        for j, estimator in enumerate(estimators):
+            elbo = make_elbo(estimator, num_particles, analytic_kl)
+            stats[estimator] = gradient_variance(
+                elbo, run.model, run.guide, x, num_reps=num_reps, seed=_seed(seed, j), num_data=num_data
+            )
+    groups = {g: [n for n in next(iter(stats.values())) if n.split(".")[0] == g] for g in GROUPS}
+    rows = []
+    for estimator, measured in stats.items():
+        for group, names in groups.items():
+            g = GroupStats.from_stats(measured, names, confidence, seed=seed)
+            rows.append(
+                {
+                    "measured": estimator,
+                    "group": group,
+                    "total_variance": g.total_variance,
+                    "ci_low": g.total_variance_ci[0],
+                    "ci_high": g.total_variance_ci[1],
+                    "mean_snr": g.mean_snr,
+                    "elements": g.num_elements,
+                    "reps": g.num_reps,
+                    "seconds": measured.seconds,
+                }
+            )
+    comparisons = []
+    if {"score", "pathwise"} <= stats.keys():
+        for group, names in groups.items():
+            ratio, (low, high) = variance_ratio(stats["score"], stats["pathwise"], names, confidence, seed=seed)
+            agreement = MeanAgreement.from_stats(stats["score"], stats["pathwise"], names, confidence)
+            comparisons.append(
+                {
+                    "group": group,
+                    "variance_ratio": ratio,
+                    "ratio_ci_low": low,
+                    "ratio_ci_high": high,
+                    "means_mean_z2": agreement.mean_z2,
+                    "means_fraction_outside": agreement.fraction_outside,
+                    "means_max_abs_z": agreement.max_abs_z,
+                    "means_bonferroni_z": agreement.bonferroni_z,
+                    "means_agree": agreement.agrees,
+                    "elements": agreement.num_elements,
+                }
+            )
+    return rows, comparisons
+
+
+@dataclass
+class VAEResult:
+    """What :func:`train_vae` produced: one history row per run and epoch, the gradient-variance
+    rows and score/pathwise comparisons per measured epoch, image rows for the figure, the runs."""
+
+    history: list[dict[str, Any]]
+    variance: list[dict[str, Any]]
+    comparison: list[dict[str, Any]]
+    images: list[tuple[str, np.ndarray]]
+    runs: list[TrainingRun]
+    num_train: int
+    num_test: int
+
+
+def _build_runs(config: VAEConfig, input_dim: int) -> list[TrainingRun]:
+    """One run per estimator, every one from the same initial weights (built under ``config.seed``)."""
+    runs = []
+    for estimator in config.estimators:
+        with _isolated_rng(config.seed):
+            model, guide = make_vae(input_dim, config.hidden, config.latent_dim)
+        elbo = make_elbo(estimator, config.num_particles, config.analytic_kl)
+        runs.append(TrainingRun(estimator, model, guide, elbo, config.lr, config.seed))
+    return runs
+
+
+def _measure(
+    runs: list[TrainingRun], config: VAEConfig, x: torch.Tensor, num_data: int, epoch: int,
+    variance: list[dict[str, Any]], comparison: list[dict[str, Any]],
+) -> None:
+    """Append :func:`measure_estimators`' rows for every run at ``epoch`` to ``variance`` and ``comparison``."""
+    for i, run in enumerate(runs):
+        rows, comparisons = measure_estimators(
+            run, config.estimators, x, num_data, num_reps=config.variance_reps, seed=_seed(config.seed, epoch, i),
+            num_particles=config.num_particles, analytic_kl=config.analytic_kl,
+        )
+        variance += [{"epoch": epoch, "trained_with": run.name, **r} for r in rows]
+        comparison += [{"epoch": epoch, "trained_with": run.name, **c} for c in comparisons]
+
+
+def _evaluate(
+    run: TrainingRun, x_test: torch.Tensor, config: VAEConfig, epoch: int, train_elbo: float, seconds: float
+) -> None:
+    """Append the run's history row for ``epoch``, with its test ELBO (same seed for every run)."""
+    with run.active():
+        test, se = evaluate_elbo(run.model, run.guide, x_test, config.test_particles, _seed(config.seed, epoch))
+    run.history.append(
+        {"epoch": epoch, "estimator": run.name, "train_elbo": train_elbo, "test_elbo": test, "test_elbo_se": se,
+         "seconds": seconds}
+    )
+
+
+def _save(
+    path: Path, config: VAEConfig, epoch: int, runs: list[TrainingRun],
+    variance: list[dict[str, Any]], comparison: list[dict[str, Any]],
+) -> None:
+    state = {"config": config.key(), "epoch": epoch, "runs": [r.state_dict() for r in runs],
+             "variance": variance, "comparison": comparison}
+    save_checkpoint(state, path)
+
+
+def _images(runs: list[TrainingRun], x: torch.Tensor, latent_dim: int, seed: int) -> list[tuple[str, np.ndarray]]:
+    """Rows for the image grid: test images, each run's reconstructions (Bernoulli means at the
+    posterior mean), each run's prior samples (Bernoulli means at z ~ N(0, I))."""
+    with _isolated_rng(seed):
+        z = torch.randn(len(x), latent_dim)
+    rows = [("test images", x.numpy())]
+    with torch.no_grad():
+        for run in runs:
+            with run.active():
+                loc, _ = run.guide.encode(x)
+                rows.append((f"reconstructed ({run.name})", torch.sigmoid(run.model.decoder(loc)).numpy()))
+        for run in runs:
+            with run.active():
+                rows.append((f"prior samples ({run.name})", torch.sigmoid(run.model.decoder(z)).numpy()))
+    return rows
+
+
+def train_vae(
+    config: VAEConfig, out: str | os.PathLike[str], resume: bool = False, progress: bool | None = None
+) -> VAEResult:
+    """Train the digits VAE (:mod:`ppl_reparam.models.vae`) once per estimator in ``config``.
+
+    Epoch 0 is the untrained model. After every epoch each run's test ELBO is estimated
+    (:func:`evaluate_elbo`, ``config.test_particles`` pathwise particles, the same seed for every
+    run); at epoch 0, every ``config.variance_every`` epochs and the last, every estimator's gradient
+    variance is measured at every run's current parameters (:func:`measure_estimators`, skipped
+    when ``config.variance_reps`` is 0). A checkpoint ``out/checkpoint.pt`` is written atomically
+    after each epoch; ``resume=True`` continues from it (a ValueError if it is missing or was made
+    with other settings than ``config``, ``epochs`` aside).
+    """
+    path = Path(out) / CHECKPOINT
+    data = load_dataset(config.data, seed=config.seed)
+    train = data.train_probs if config.dynamic_binarization else data.train
+    num_data = len(train)
+    x_test = torch.from_numpy(data.test)
+    x_fixed = torch.from_numpy(data.train[: min(config.batch_size, num_data)])
+    runs = _build_runs(config, data.dim)
+    variance: list[dict[str, Any]] = []
+    comparison: list[dict[str, Any]] = []
+    if resume:
+        if not path.is_file():
+            raise ValueError(f"--resume: no checkpoint {path}; run without --resume to start")
+        state = load_checkpoint(path)
+        saved = {k: v for k, v in state["config"].items() if k != "epochs"}
+        wanted = {k: v for k, v in config.key().items() if k != "epochs"}
+        if saved != wanted:
+            diff = {k: (saved.get(k), v) for k, v in wanted.items() if saved.get(k) != v}
+            raise ValueError(f"--resume: {path} was made with other settings (checkpoint, now): {diff}")
+        for run, run_state in zip(runs, state["runs"]):
+            run.load_state_dict(run_state)
+        variance, comparison = state["variance"], state["comparison"]
+    else:
+        for run in runs:
+            _evaluate(run, x_test, config, 0, float("nan"), 0.0)
+        if config.variance_reps:
+            _measure(runs, config, x_fixed, num_data, 0, variance, comparison)
+    start = runs[0].epoch
+    if start > config.epochs:
+        raise ValueError(f"--resume: {path} is at epoch {start}, past --epochs {config.epochs}")
+    if not resume:
+        _save(path, config, 0, runs, variance, comparison)
+    bar = tqdm(range(start + 1, config.epochs + 1), desc="vae", unit="epoch",
+               disable=None if progress is None else not progress)
+    for epoch in bar:
+        for run in runs:
+            began = time.perf_counter()
+            train_elbo = run.train_epoch(train, config.batch_size, config.dynamic_binarization)
+            _evaluate(run, x_test, config, epoch, train_elbo, time.perf_counter() - began)
+        if config.variance_reps and (epoch % config.variance_every == 0 or epoch == config.epochs):
+            _measure(runs, config, x_fixed, num_data, epoch, variance, comparison)
+        _save(path, config, epoch, runs, variance, comparison)
+        bar.set_postfix({f"test ELBO {r.name}": f"{r.history[-1]['test_elbo']:.2f}" for r in runs})
+    history = [h for epoch in range(config.epochs + 1) for r in runs for h in r.history if h["epoch"] == epoch]
+    images = _images(runs, x_test[:IMAGES], config.latent_dim, config.seed)
+    return VAEResult(history, variance, comparison, images, runs, num_data, len(x_test))

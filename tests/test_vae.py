@@ -1,0 +1,390 @@
+"""The digits VAE: model and guide, training, checkpoints and resume, the `vae` command, and the
+framework-free aggregates over parameter groups (ppl_reparam.stats)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+from dataclasses import replace
+from statistics import NormalDist
+
+import numpy as np
+import pyro
+import pytest
+import torch
+from threadpoolctl import threadpool_limits
+
+from ppl_reparam import cli
+from ppl_reparam.data import load_dataset
+from ppl_reparam.models.vae import make_vae
+from ppl_reparam.pyro.training import (
+    CHECKPOINT,
+    TrainingRun,
+    _build_runs,
+    evaluate_elbo,
+    load_checkpoint,
+    make_elbo,
+    measure_estimators,
+    train_vae,
+)
+from ppl_reparam.stats import (
+    GradientStats,
+    GroupStats,
+    MeanAgreement,
+    ParamStats,
+    _bootstrap_counts,
+    _resampled_spread,
+    group_samples,
+    total_variance_ci,
+    variance_ratio,
+    variance_ratio_ci,
+)
+from ppl_reparam.vae import VAEConfig
+
+TINY = VAEConfig(
+    estimators=("pathwise", "score"), compare=True, epochs=2, hidden=(16,), latent_dim=4,
+    variance_reps=5, variance_every=1, test_particles=10,
+)
+"""A fast setting: a 64-16-4 VAE on digits, two epochs, every estimator measured every epoch."""
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(limits=1):
+        yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+# ------------------------------------------------------------------------------------ model and guide
+def test_default_architecture_and_param_names(digits):
+    model, guide = make_vae()
+    x = torch.from_numpy(digits.train[:5])
+    trace = pyro.poutine.trace(pyro.poutine.replay(model, pyro.poutine.trace(guide).get_trace(x))).get_trace(x)
+    shapes = {k: tuple(v.shape) for k, v in pyro.get_param_store().items()}
+    assert shapes == {
+        "encoder.net.0.weight": (128, 64), "encoder.net.0.bias": (128,),
+        "encoder.net.2.weight": (16, 128), "encoder.net.2.bias": (16,),
+        "decoder.net.0.weight": (128, 8), "decoder.net.0.bias": (128,),
+        "decoder.net.2.weight": (64, 128), "decoder.net.2.bias": (64,),
+    }
+    assert trace.nodes["z"]["fn"].event_shape == (8,) and trace.nodes["x"]["fn"].event_shape == (64,)
+
+
+def test_plate_scales_a_minibatch_to_the_full_data(digits):
+    """Each particle's loss on a batch of 10 with num_data=100 is 10 times its loss as the whole data
+    (same random numbers: same seed)."""
+    model, guide = make_vae(hidden=(16,), latent_dim=4)
+    x = torch.from_numpy(digits.train[:10])
+    elbo = make_elbo("pathwise", num_particles=5)
+    with torch.no_grad():
+        pyro.set_rng_seed(0)
+        scaled, _ = elbo.particle_losses(model, guide, x, num_data=100)
+        pyro.set_rng_seed(0)
+        plain, _ = elbo.particle_losses(model, guide, x)
+    torch.testing.assert_close(scaled, 10 * plain)
+
+
+# ------------------------------------------------------------------------------------------ training
+def test_short_training_improves_the_test_elbo(digits):
+    """Three pathwise epochs must raise the test ELBO by more than 5 standard errors of the difference
+    of the two estimates (independent particles: se = sqrt(se_0^2 + se_3^2)); with no improvement
+    that would happen with probability below 3e-7."""
+    pyro.set_rng_seed(0)
+    model, guide = make_vae()
+    run = TrainingRun("pathwise", model, guide, make_elbo("pathwise"), lr=1e-3, seed=0)
+    x_test = torch.from_numpy(digits.test)
+    with run.active():
+        before, se_before = evaluate_elbo(model, guide, x_test, num_particles=50, seed=1)
+    for _ in range(3):
+        train_elbo = run.train_epoch(digits.train, batch_size=100)
+    with run.active():
+        after, se_after = evaluate_elbo(model, guide, x_test, num_particles=50, seed=2)
+    assert np.isfinite(train_elbo) and run.epoch == 3
+    assert after - before > 5 * np.hypot(se_before, se_after), (before, after, se_before, se_after)
+
+
+def test_runs_share_initial_weights_but_not_parameters(digits):
+    runs = _build_runs(TINY, 64)
+    x = torch.from_numpy(digits.train[:100])
+    for run in runs:
+        with run.active():
+            run.elbo.loss(run.model, run.guide, x)
+    first, second = (r.scope["params"] for r in runs)
+    assert all(torch.equal(first[k], second[k]) and first[k] is not second[k] for k in first)
+    runs[0].train_epoch(digits.train, 100)
+    assert not torch.equal(first["decoder.net.2.bias"], second["decoder.net.2.bias"])
+    assert len(pyro.get_param_store().keys()) == 0  # scopes leave the global store as it was
+
+
+def _params(result):
+    return [{k: v.detach().clone() for k, v in r.scope["params"].items()} for r in result.runs]
+
+
+def _timeless(rows):
+    """Rows without wall times, as reprs (floats print exactly, NaN equals NaN)."""
+    return [repr({k: v for k, v in row.items() if k != "seconds"}) for row in rows]
+
+
+def _assert_same(a, b):
+    assert _timeless(a.history) == _timeless(b.history)
+    assert _timeless(a.variance) == _timeless(b.variance) and a.comparison == b.comparison
+    for pa, pb in zip(_params(a), _params(b)):
+        assert pa.keys() == pb.keys() and all(torch.equal(pa[k], pb[k]) for k in pa)
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    """Bitwise: the checkpoint holds parameters, Adam state and every RNG state, so the resumed run
+    draws the same numbers in the same order."""
+    full = train_vae(TINY, tmp_path / "full")
+    train_vae(replace(TINY, epochs=1), tmp_path / "split")
+    assert load_checkpoint(tmp_path / "split" / CHECKPOINT)["epoch"] == 1
+    resumed = train_vae(TINY, tmp_path / "split", resume=True)
+    _assert_same(full, resumed)
+    dynamic = replace(TINY, dynamic_binarization=True, estimators=("score",), compare=False, variance_reps=0)
+    full = train_vae(dynamic, tmp_path / "dyn-full")
+    train_vae(replace(dynamic, epochs=1), tmp_path / "dyn-split")
+    _assert_same(full, train_vae(dynamic, tmp_path / "dyn-split", resume=True))
+
+
+def test_interrupted_run_keeps_last_checkpoint_and_resumes(tmp_path, monkeypatch):
+    """Ctrl-C in the second epoch's second run: the epoch-1 checkpoint stays whole, and resuming from
+    it gives the uninterrupted result."""
+    full = train_vae(TINY, tmp_path / "full")
+    original = TrainingRun.train_epoch
+    calls = []
+
+    def interrupt(self, *args, **kwargs):
+        calls.append(self.name)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(TrainingRun, "train_epoch", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train_vae(TINY, tmp_path / "cut")
+    monkeypatch.setattr(TrainingRun, "train_epoch", original)
+    assert load_checkpoint(tmp_path / "cut" / CHECKPOINT)["epoch"] == 1
+    assert [p.name for p in (tmp_path / "cut").iterdir()] == [CHECKPOINT]  # no temporary files left
+    _assert_same(full, train_vae(TINY, tmp_path / "cut", resume=True))
+
+
+def test_sigterm_stops_the_command_like_ctrl_c(tmp_path, monkeypatch, capsys):
+    original = TrainingRun.train_epoch
+
+    def terminate(self, *args, **kwargs):
+        if self.epoch == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(TrainingRun, "train_epoch", terminate)
+    args = ["vae", "--epochs", "3", "--hidden", "16", "--variance-reps", "0", "--test-particles", "10",
+            "--out", str(tmp_path), "--quiet"]
+    assert cli.main(args) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert load_checkpoint(tmp_path / CHECKPOINT)["epoch"] == 1
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    monkeypatch.setattr(TrainingRun, "train_epoch", original)
+    assert cli.main([*args, "--resume"]) == 0
+    assert load_checkpoint(tmp_path / CHECKPOINT)["epoch"] == 3
+
+
+def test_measure_estimators_on_the_vae(digits):
+    """Decoder: the two estimators are the same estimator (the decoder's gradient does not go through
+    the guide's sample), so the 99.9% interval of their variance ratio must cover 1. Encoder: the
+    score function's variance is larger (its 99.9% interval lies above 1). Both unbiased: no element's
+    mean differs beyond the Bonferroni bound at family-wise level 0.001."""
+    pyro.set_rng_seed(0)
+    model, guide = make_vae(hidden=(16,), latent_dim=4)
+    run = TrainingRun("pathwise", model, guide, make_elbo("pathwise"), lr=1e-3, seed=0)
+    x = torch.from_numpy(digits.train[:100])
+    rows, comparisons = measure_estimators(
+        run, ["pathwise", "score"], x, len(digits.train), num_reps=60, seed=0, confidence=0.999
+    )
+    assert {(r["measured"], r["group"]) for r in rows} == {
+        (e, g) for e in ("pathwise", "score") for g in ("encoder", "decoder")
+    }
+    by_group = {c["group"]: c for c in comparisons}
+    assert by_group["encoder"]["ratio_ci_low"] > 1
+    decoder = by_group["decoder"]
+    assert decoder["ratio_ci_low"] < 1 < decoder["ratio_ci_high"]
+    assert decoder["means_agree"] and by_group["encoder"]["means_agree"]
+
+
+# ----------------------------------------------------------------------------------------- the CLI
+def test_cli_end_to_end(tmp_path, capsys):
+    out = tmp_path / "vae"
+    args = ["vae", "--compare", "--epochs", "2", "--hidden", "16", "--latent-dim", "4", "--variance-reps", "5",
+            "--variance-every", "1", "--test-particles", "10", "--out", str(out), "--quiet"]
+    assert cli.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "test ELBO by PathwiseELBO with 10 particles" in printed and "ratio" in printed
+    names = {"history.csv", "variance.csv", "comparison.csv", "results.json", "elbo.png", "variance.png",
+             "images.png", CHECKPOINT}
+    assert {p.name for p in out.iterdir()} == names
+    with open(out / "history.csv") as f:
+        history = list(csv.DictReader(f))
+    assert list(history[0]) == ["epoch", "estimator", "train_elbo", "test_elbo_pathwise_10particles",
+                                "test_elbo_se", "seconds"]
+    assert [(h["epoch"], h["estimator"]) for h in history] == [
+        (str(e), s) for e in range(3) for s in ("pathwise", "score")
+    ]
+    results = json.loads((out / "results.json").read_text())
+    assert results["test_elbo_estimator"] == "PathwiseELBO, 10 particles per image"
+    assert {(c["epoch"], c["trained_with"], c["group"]) for c in results["comparison"]} == {
+        (e, t, g) for e in range(3) for t in ("pathwise", "score") for g in ("encoder", "decoder")
+    }
+    for png in ("elbo.png", "variance.png", "images.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--estimator", "reinforce"], "estimators ['reinforce']"),
+        (["--estimator", "pathwise,score"], "need --compare"),
+        (["--data", "no/such/file.idx"], "no such file"),
+        (["--resume"], "no checkpoint"),
+        (["--variance-reps", "3"], "at least 5"),
+        (["--lr", "0"], "learning rate must be positive"),
+    ],
+)
+def test_cli_errors_exit_2_with_a_message(tmp_path, capsys, extra, message):
+    assert cli.main(["vae", "--epochs", "1", "--out", str(tmp_path), "--quiet", *extra]) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra", [["--epochs", "0"], ["--batch-size", "-1"], ["--hidden", "a,b"]])
+def test_cli_argparse_errors(tmp_path, capsys, extra):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["vae", "--out", str(tmp_path), *extra])
+    assert exit_info.value.code == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_resume_refuses_other_settings(tmp_path):
+    quick = replace(TINY, variance_reps=0)
+    train_vae(quick, tmp_path)
+    with pytest.raises(ValueError, match="other settings.*'lr'"):
+        train_vae(replace(quick, epochs=3, lr=0.01), tmp_path, resume=True)
+    with pytest.raises(ValueError, match="past --epochs"):
+        train_vae(replace(quick, epochs=1), tmp_path, resume=True)
+
+
+# ------------------------------------------------------------------------------------------ aggregates
+def _stats(samples: dict[str, np.ndarray]) -> GradientStats:
+    return GradientStats.from_samples(samples, num_particles=1, seconds=0.0)
+
+
+def test_group_stats_sums_variances_and_averages_snr():
+    rng = np.random.default_rng(0)
+    stats = _stats({"enc.a": rng.normal(1.0, 2.0, (50, 3, 2)), "enc.b": rng.normal(0.0, 1.0, (50, 4)),
+                    "dec.c": rng.normal(size=(50, 5))})
+    group = GroupStats.from_stats(stats, ["enc.a", "enc.b"], num_boot=200)
+    variances = np.concatenate([stats["enc.a"].variance.ravel(), stats["enc.b"].variance.ravel()])
+    snrs = np.concatenate([stats["enc.a"].snr.ravel(), stats["enc.b"].snr.ravel()])
+    assert group.total_variance == pytest.approx(variances.sum(), rel=1e-12)
+    assert group.mean_snr == pytest.approx(snrs.mean(), rel=1e-12)
+    assert (group.num_elements, group.num_reps, group.num_particles) == (10, 50, 1)
+    low, high = group.total_variance_ci
+    assert low < group.total_variance < high
+    assert group_samples(stats, ["enc.b", "dec.c"]).shape == (50, 9)
+
+
+def test_group_needs_the_raw_samples():
+    kept = ParamStats.from_samples(np.ones((6, 2)) + np.arange(6)[:, None], 1)
+    bare = ParamStats(kept.mean, kept.variance, kept.variance_ci, 1, 6)
+    assert bare.samples is None and kept.samples.shape == (6, 2)
+    with pytest.raises(ValueError, match="raw gradient samples were not kept"):
+        group_samples({"p": bare}, ["p"])
+    with pytest.raises(ValueError, match="empty"):
+        group_samples({"p": kept}, [])
+
+
+def test_vectorized_bootstrap_matches_a_direct_resample():
+    """The Gram-matrix shortcut gives each resample's total variance and spreads d*_r exactly (to
+    float64 rounding) as recomputing them from the resampled rows."""
+    rng = np.random.default_rng(1)
+    samples = rng.standard_t(3, size=(20, 7)) * 5 + 100
+    counts = _bootstrap_counts(20, 100, seed=2)
+    spread, total = _resampled_spread(samples, counts)
+    for b in range(3):
+        rows = np.repeat(samples, counts[b].astype(int), axis=0)
+        assert total[b] == pytest.approx(rows.var(axis=0, ddof=1).sum(), rel=1e-9)
+        np.testing.assert_allclose(spread[b], ((samples - rows.mean(axis=0)) ** 2).sum(1), rtol=1e-9)
+
+
+def _coverage_tolerance(m: int, level: float = 0.95) -> float:
+    """Three binomial standard errors of an observed coverage over m independent intervals."""
+    return 3 * np.sqrt(level * (1 - level) / m)
+
+
+def test_total_variance_interval_covers_the_truth():
+    """Over 200 synthetic measurements (100 repetitions of 20 Gaussian elements, known variances),
+    the 95% interval must cover the true total variance 95% +- 3 binomial standard errors (0.046)."""
+    rng = np.random.default_rng(3)
+    scales = np.linspace(0.5, 3.0, 20)
+    truth = (scales**2).sum()
+    m = 200
+    covered = sum(
+        low <= truth <= high
+        for low, high in (total_variance_ci(rng.normal(size=(100, 20)) * scales, num_boot=500, seed=i)[1]
+                          for i in range(m))
+    )
+    assert abs(covered / m - 0.95) < _coverage_tolerance(m)
+
+
+def test_variance_ratio_interval_covers_the_truth():
+    """Ratio of a Gaussian group's total variance (true 4 * 10) to another's (true 1 * 10), paired
+    rows drawn with correlation 0.5: coverage 95% +- 3 binomial standard errors over 200 draws."""
+    rng = np.random.default_rng(4)
+    m = 200
+    covered = 0
+    for i in range(m):
+        common = rng.normal(size=(100, 10))
+        a = 2 * (np.sqrt(0.5) * common + np.sqrt(0.5) * rng.normal(size=(100, 10)))
+        b = np.sqrt(0.5) * common + np.sqrt(0.5) * rng.normal(size=(100, 10))
+        ratio, (low, high) = variance_ratio_ci(a, b, num_boot=500, seed=i)
+        covered += low <= 4.0 <= high
+    assert abs(covered / m - 0.95) < _coverage_tolerance(m)
+
+
+def test_variance_ratio_from_stats_and_errors():
+    rng = np.random.default_rng(5)
+    a = _stats({"w": 3 * rng.normal(size=(80, 30))})
+    b = _stats({"w": rng.normal(size=(80, 30))})
+    ratio, (low, high) = variance_ratio(a, b, ["w"], num_boot=500)
+    assert ratio == pytest.approx(a["w"].variance.sum() / b["w"].variance.sum())
+    assert low < 9 < high
+    with pytest.raises(ValueError, match="equal repetitions"):
+        variance_ratio_ci(np.ones((10, 2)), np.ones((12, 2)))
+    with pytest.raises(ValueError, match="zero"):
+        variance_ratio_ci(rng.normal(size=(10, 2)), np.ones((10, 2)))
+    assert total_variance_ci(np.ones((10, 3))) == (0.0, (0.0, 0.0))
+
+
+def test_mean_agreement():
+    """Same mean: E[z^2] = 1 with sd sqrt(2 / 2000) = 0.032 over 2000 independent elements, so
+    |mean_z2 - 1| < 0.13 (4 sd), and the share of |z| > 1.96 is 0.05 +- 4 * 0.0049. Every element
+    shifted by 10 standard errors: mean_z2 far above 1. One element shifted by 1 / sqrt(5 / 200) =
+    6.3 standard errors: beyond the Bonferroni bound 4.06 for 2000 elements."""
+    rng = np.random.default_rng(6)
+    a = _stats({"w": rng.normal(size=(200, 2000))})
+    b = _stats({"w": rng.normal(size=(200, 2000)) * 2})
+    agree = MeanAgreement.from_stats(a, b, ["w"])
+    assert abs(agree.mean_z2 - 1) < 4 * np.sqrt(2 / 2000)
+    assert abs(agree.fraction_outside - 0.05) < 4 * np.sqrt(0.05 * 0.95 / 2000)
+    assert agree.num_elements == 2000 and agree.confidence == 0.95
+    assert agree.bonferroni_z == pytest.approx(NormalDist().inv_cdf(1 - 0.05 / 4000)) and agree.agrees
+    shifted = _stats({"w": rng.normal(size=(200, 2000)) + 10 * np.sqrt(5 / 200)})
+    assert MeanAgreement.from_stats(shifted, b, ["w"]).mean_z2 > 50
+    one_off = _stats({"w": np.concatenate([rng.normal(size=(200, 1)) + 1.0, rng.normal(size=(200, 1999))], 1)})
+    assert not MeanAgreement.from_stats(one_off, b, ["w"]).agrees  # one element 6 standard errors away
