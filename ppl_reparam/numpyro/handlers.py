@@ -1,0 +1,258 @@
+"""Per-site choice of the gradient estimator in a NumPyro guide.
+
+A guide site's estimator is decided when it is sampled:
+
+- ``"pathwise"`` (reparameterization trick, Kingma and Welling 2014; Rezende et al. 2014): the value is
+  the family's reparameterized sample, so gradients flow through it into the loss.
+- ``"score"`` (score function, REINFORCE; Williams 1992, Ranganath et al. 2014): the value is wrapped
+  in ``jax.lax.stop_gradient``; the ELBO then differentiates ``log q`` times the cost.
+
+NumPyro's ``has_rsample`` is a read-only property computed from the family's parameters, and NumPyro
+draws reparameterized samples whenever the family can. :func:`force_estimator` therefore wraps the
+site's distribution in :class:`EstimatorDistribution`, which carries the choice through ``expand``
+(plates) and delegates everything else to the wrapped distribution.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import jax
+from numpyro.distributions import (
+    Delta,
+    Distribution,
+    ExpandedDistribution,
+    Independent,
+    MaskedDistribution,
+    TransformedDistribution,
+)
+from numpyro.primitives import Messenger
+
+ESTIMATORS = ("score", "pathwise")
+"""The estimator names accepted everywhere."""
+
+_WRAPPERS = (Independent, TransformedDistribution, MaskedDistribution, ExpandedDistribution)
+
+
+def check_estimator(estimator: str, where: str = "") -> str:
+    """Return ``estimator`` if it is a known name, else raise a ValueError that lists the names."""
+    if estimator not in ESTIMATORS:
+        at = f" at {where}" if where else ""
+        raise ValueError(
+            f"unknown estimator {estimator!r}{at}; expected 'score' (score function / REINFORCE) "
+            "or 'pathwise' (reparameterization)"
+        )
+    return estimator
+
+
+def leaf_distribution(fn: Distribution) -> Distribution:
+    """The innermost distribution under Independent, Transformed, Masked and Expanded wrappers."""
+    while isinstance(fn, (*_WRAPPERS, EstimatorDistribution)):
+        fn = fn.base_dist
+    return fn
+
+
+def describe(fn: Distribution) -> str:
+    """A short name for a possibly wrapped distribution, e.g. ``Independent(Bernoulli)``."""
+    if isinstance(fn, EstimatorDistribution):
+        return describe(fn.base_dist)
+    if isinstance(fn, _WRAPPERS):
+        return f"{type(fn).__name__}({describe(fn.base_dist)})"
+    return type(fn).__name__
+
+
+def can_rsample(fn: Distribution) -> bool:
+    """Whether the distribution's family has a reparameterized sampler (whatever a wrapper says)."""
+    return bool(leaf_distribution(fn).has_rsample)
+
+
+def _forced_inside(fn: Distribution) -> bool | None:
+    """The choice of an :class:`EstimatorDistribution` nested under other wrappers, if any."""
+    while isinstance(fn, _WRAPPERS):
+        fn = fn.base_dist
+        if isinstance(fn, EstimatorDistribution):
+            return fn.reparameterized
+    return None
+
+
+class EstimatorDistribution(Distribution):
+    """Wraps ``base_dist`` and fixes how its samples carry gradients.
+
+    ``reparameterized=True``: samples are ``base_dist``'s own (reparameterized) samples (pathwise);
+    ``False``: samples are ``jax.lax.stop_gradient`` of them, and sampling intermediates are dropped so
+    that ``log_prob`` is recomputed from the value (score function). ``log_prob``, ``entropy``,
+    support and shapes are those of ``base_dist``.
+    """
+
+    arg_constraints: dict = {}
+    pytree_data_fields = ("base_dist",)
+    pytree_aux_fields = ("reparameterized",)
+
+    def __init__(self, base_dist: Distribution, reparameterized: bool):
+        self.base_dist = base_dist
+        self.reparameterized = bool(reparameterized)
+        super().__init__(base_dist.batch_shape, base_dist.event_shape, validate_args=False)
+
+    @property
+    def has_rsample(self) -> bool:  # type: ignore[override]
+        return self.reparameterized
+
+    @property
+    def support(self):  # type: ignore[override]
+        return self.base_dist.support
+
+    def expand(self, batch_shape) -> EstimatorDistribution:
+        return EstimatorDistribution(self.base_dist.expand(batch_shape), self.reparameterized)
+
+    def sample_with_intermediates(self, key: jax.Array, sample_shape: tuple[int, ...] = ()):
+        if self.reparameterized:
+            return self.base_dist.sample_with_intermediates(key, sample_shape)
+        return jax.lax.stop_gradient(self.base_dist.sample(key, sample_shape)), []
+
+    def sample(self, key: jax.Array, sample_shape: tuple[int, ...] = ()) -> jax.Array:
+        return self.sample_with_intermediates(key, sample_shape)[0]
+
+    def rsample(self, key: jax.Array, sample_shape: tuple[int, ...] = ()) -> jax.Array:
+        if not self.reparameterized:
+            raise RuntimeError("rsample called on a site forced to the score-function estimator")
+        return self.base_dist.rsample(key, sample_shape)
+
+    def log_prob(self, value: jax.Array, intermediates: list | None = None) -> jax.Array:
+        if intermediates:
+            return self.base_dist.log_prob(value, intermediates)
+        return self.base_dist.log_prob(value)
+
+    def entropy(self) -> jax.Array:
+        return self.base_dist.entropy()
+
+    @property
+    def mean(self) -> jax.Array:
+        return self.base_dist.mean
+
+    @property
+    def variance(self) -> jax.Array:
+        return self.base_dist.variance
+
+
+def is_guide_latent(msg: dict) -> bool:
+    """A latent sample site whose estimator can be chosen: not observed, not a ``Delta`` (AutoGuides
+    such as AutoDiagonalNormal put a Delta at each latent, driven by an auxiliary site). Plate
+    subsample indices are ``plate`` messages in NumPyro, never ``sample`` ones."""
+    return msg["type"] == "sample" and not msg["is_observed"] and not isinstance(leaf_distribution(msg["fn"]), Delta)
+
+
+def apply_estimator(name: str, fn: Distribution, estimator: str) -> EstimatorDistribution:
+    """Wrap the site ``name``'s distribution so that it uses ``estimator``; a pathwise request on a
+    family without a reparameterized sampler raises a ValueError naming the site and the distribution."""
+    if estimator == "pathwise" and not can_rsample(fn):
+        raise ValueError(
+            f"site {name!r}: the pathwise (reparameterized) estimator needs a reparameterized sampler, "
+            f"but {describe(fn)} has none (has_rsample is False). Use the score-function estimator for "
+            "this site (ScoreFunctionELBO, or force_estimator(guide, 'score', sites=[...])), or a "
+            "continuous relaxation such as RelaxedBernoulliLogits (Concrete / Gumbel-softmax)."
+        )
+    if isinstance(fn, EstimatorDistribution):
+        fn = fn.base_dist
+    elif estimator == "pathwise" and _forced_inside(fn) is False:
+        raise ValueError(
+            f"site {name!r}: {describe(fn)} was forced to the score-function estimator under a mask, "
+            "plate or transform applied after forcing; it cannot be made pathwise again from outside. "
+            "Force the estimator once, on the innermost guide."
+        )
+    return EstimatorDistribution(fn, reparameterized=estimator == "pathwise")
+
+
+class ForceEstimatorMessenger(Messenger):
+    """Effect handler that sets each guide latent's estimator (see :func:`force_estimator`).
+
+    Precedence at a site: named in ``sites`` > the site's own ``infer={"estimator": ...}`` >
+    ``estimator`` when ``sites`` is None > unchanged (the family's native behaviour: pathwise where it
+    has a reparameterized sampler; otherwise score function, the value under ``stop_gradient`` as in
+    NumPyro's own ELBOs).
+    """
+
+    def __init__(self, estimator: str | None, sites: Iterable[str] | None = None):
+        super().__init__()
+        if estimator is not None:
+            check_estimator(estimator)
+        self.estimator = estimator
+        self.sites = None if sites is None else frozenset(sites)
+        self.seen: set[str] = set()
+
+    def estimator_for(self, msg: dict) -> str | None:
+        name = msg["name"]
+        if self.sites is not None and name in self.sites:
+            return self.estimator
+        requested = msg["infer"].get("estimator")
+        if requested is not None:
+            return check_estimator(requested, f"site {name!r} (infer={{'estimator': ...}})")
+        return self.estimator if self.sites is None else None
+
+    def process_message(self, msg: dict) -> None:
+        if not is_guide_latent(msg):
+            return
+        self.seen.add(msg["name"])
+        estimator = self.estimator_for(msg)
+        if estimator is None and not can_rsample(msg["fn"]):
+            estimator = "score"
+        if estimator is not None:
+            msg["fn"] = apply_estimator(msg["name"], msg["fn"], estimator)
+
+    def check_sites_seen(self) -> None:
+        """Raise if ``sites`` named a site that the guide never sampled."""
+        missing = (self.sites or frozenset()) - self.seen
+        if missing:
+            raise ValueError(
+                f"sites {sorted(missing)} were named for the {self.estimator!r} estimator but the "
+                f"guide has no such latent sample site; its latent sites are {sorted(self.seen)}"
+            )
+
+
+class ForcedGuide:
+    """A guide whose sites use the chosen estimator; see :func:`force_estimator`.
+
+    Calls go through :class:`ForceEstimatorMessenger`; attributes (``median``, ``sample_posterior``,
+    ...) are those of the wrapped guide.
+    """
+
+    def __init__(self, guide: Callable, estimator: str | None, sites: Iterable[str] | None = None):
+        if isinstance(sites, str):
+            sites = [sites]
+        self.guide = guide
+        self.estimator = estimator
+        self.sites = None if sites is None else tuple(sites)
+        ForceEstimatorMessenger(estimator, self.sites)  # validate the arguments now
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        messenger = ForceEstimatorMessenger(self.estimator, self.sites)
+        with messenger:
+            result = self.guide(*args, **kwargs)
+        messenger.check_sites_seen()
+        return result
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["guide"], name)
+
+    def __repr__(self) -> str:
+        return f"force_estimator({self.guide!r}, {self.estimator!r}, sites={self.sites})"
+
+
+def force_estimator(guide: Callable, estimator: str, sites: Iterable[str] | None = None) -> ForcedGuide:
+    """Return ``guide`` with every latent sample site, or the ``sites`` named, using ``estimator``.
+
+    :param guide: any NumPyro guide: a function or an AutoGuide.
+    :param estimator: ``"score"`` (score function / REINFORCE: samples under ``stop_gradient``,
+        gradient through ``log q``) or ``"pathwise"`` (reparameterized samples; raises a ValueError
+        naming the site for a family without a reparameterized sampler, e.g. Bernoulli).
+    :param sites: names of the sites to force; these override a site's own
+        ``infer={"estimator": ...}``. With ``sites=None`` every latent site gets ``estimator`` except
+        those that ask for one with ``infer``. A named site the guide never samples is an error.
+
+    Observed sites, plate subsample indices and ``Delta`` sites are left alone: in AutoDiagonalNormal
+    and the other AutoContinuous guides the randomness sits in the auxiliary site (``_auto_latent``),
+    which is forced. The estimator only takes effect under an ELBO that builds the score-function term
+    for every non-reparameterized site, guide-only ones included: :class:`ScoreFunctionELBO` or
+    :class:`PathwiseELBO` of this package (NumPyro's ``Trace_ELBO`` silently drops that term).
+    """
+    return ForcedGuide(guide, estimator, sites)

@@ -1,0 +1,172 @@
+r"""Measure the mean and variance of an ELBO's gradient estimate at given parameter values (NumPyro).
+
+:func:`gradient_variance` draws ``num_reps`` independent gradient estimates, each from
+``elbo.num_particles`` samples, and summarises them per parameter
+(:class:`~ppl_reparam.stats.GradientStats`, the type the Pyro backend returns). Gradients are taken
+with respect to each parameter's unconstrained value, what NumPyro's optimizers update: for a param
+with constraint :math:`c` and :math:`\phi = T_c(u)`, :math:`\partial \tilde L / \partial u`.
+
+All repetitions run in one jitted call, ``jax.vmap`` over repetitions of ``jax.grad`` of
+``elbo.loss``; when ``num_reps * num_particles`` exceeds ``chunk_particles`` the repetitions run in
+equal chunks, ``jax.lax.map`` over chunks of ``jax.vmap``, to bound memory (the last chunk is padded
+with extra repetitions that are dropped, so that one loop body is compiled). The compiled function is cached
+by ``elbo``, ``model`` and ``guide`` (by identity), the non-array arguments (by value) and the shapes
+of the array arguments, so a second call with the same objects does not compile again.
+"""
+
+from __future__ import annotations
+
+import numbers
+import time
+from collections.abc import Callable, Mapping
+from functools import partial
+from typing import Any
+
+import jax
+import numpy as np
+from jax import random
+from numpyro.distributions import constraints
+from numpyro.distributions.transforms import Transform, biject_to
+from numpyro.handlers import replay, seed, substitute, trace
+from numpyro.infer.elbo import ELBO
+from numpyro.infer.util import transform_fn
+
+from ..stats import MIN_REPS, GradientStats
+
+_ARRAY = object()
+"""Marks where an array argument goes back into the model's arguments (see :func:`_split_static`)."""
+
+
+def _split_static(tree: Any) -> tuple[list, tuple]:
+    """Split ``tree`` into its array leaves (traced) and a hashable layout holding everything else
+    (passed to ``jit`` as static, so Python numbers that set shapes keep working)."""
+    leaves, treedef = jax.tree.flatten(tree)
+    is_array = [isinstance(x, (jax.Array, np.ndarray, np.generic)) for x in leaves]
+    arrays = [x for x, a in zip(leaves, is_array) if a]
+    return arrays, (treedef, tuple(_ARRAY if a else x for x, a in zip(leaves, is_array)))
+
+
+def _merge(layout: tuple, arrays: list) -> Any:
+    treedef, static = layout
+    it = iter(arrays)
+    return treedef.unflatten([next(it) if x is _ARRAY else x for x in static])
+
+
+def init_params(
+    model: Callable, guide: Callable, rng_key: jax.Array, *args: Any, params: Mapping | None = None, **kwargs: Any
+) -> tuple[dict[str, jax.Array], dict[str, Transform]]:
+    """Constrained values and constraint transforms of every param of ``guide`` and ``model``.
+
+    Values are those in ``params``, else the initial ones that ``SVI(model, guide, ...).init(rng_key,
+    *args, **kwargs)`` draws (same key splitting; a guide's param overrides a model's of the same name).
+    """
+    params = dict(params or {})
+    _, model_key, guide_key = random.split(rng_key, 3)
+    guide_trace = trace(substitute(seed(guide, guide_key), data=params)).get_trace(*args, **kwargs)
+    model = substitute(replay(seed(model, model_key), guide_trace), data=params)
+    model_trace = trace(model).get_trace(*args, **kwargs)
+    values, transforms = {}, {}
+    for site in [*model_trace.values(), *guide_trace.values()]:
+        if site["type"] == "param":
+            values[site["name"]] = site["value"]
+            transforms[site["name"]] = biject_to(site["kwargs"].get("constraint", constraints.real))
+    unknown = set(params) - set(values)
+    if unknown:
+        raise ValueError(f"params {sorted(unknown)} are not param sites of the model or guide: {sorted(values)}")
+    return values, transforms
+
+
+@partial(jax.jit, static_argnames=("elbo", "model", "guide", "layout", "chunks"))
+def _gradient_samples(
+    keys: jax.Array,
+    unconstrained: dict[str, jax.Array],
+    transforms: dict[str, Transform],
+    arrays: list,
+    *,
+    elbo: ELBO,
+    model: Callable,
+    guide: Callable,
+    layout: tuple,
+    chunks: int,
+) -> dict[str, jax.Array]:
+    """One gradient estimate per key, ``{name: array (len(keys), *shape)}``, in ``chunks`` passes."""
+    args, kwargs = _merge(layout, arrays)
+
+    def estimate(key: jax.Array) -> dict[str, jax.Array]:
+        def loss(u: dict[str, jax.Array]) -> jax.Array:
+            return elbo.loss(key, transform_fn(transforms, u), model, guide, *args, **kwargs)
+
+        return jax.grad(loss)(unconstrained)
+
+    if chunks == 1:
+        return jax.vmap(estimate)(keys)
+    grads = jax.lax.map(jax.vmap(estimate), keys.reshape(chunks, -1, *keys.shape[1:]))
+    return jax.tree.map(lambda g: g.reshape(-1, *g.shape[2:]), grads)
+
+
+def gradient_variance(
+    elbo: ELBO,
+    model: Callable,
+    guide: Callable,
+    *args: Any,
+    params: Mapping[str, jax.Array] | None = None,
+    num_reps: int = 100,
+    seed: int | jax.Array = 0,
+    confidence: float = 0.95,
+    chunk_particles: int = 2**22,
+    **kwargs: Any,
+) -> GradientStats:
+    """Mean, variance, confidence interval and SNR of ``elbo``'s gradient estimate, per parameter.
+
+    :param elbo: a :class:`~ppl_reparam.numpyro.ScoreFunctionELBO` /
+        :class:`~ppl_reparam.numpyro.PathwiseELBO`, or any NumPyro ELBO (its ``loss`` is differentiated
+        as SVI does). Each estimate uses ``elbo.num_particles`` samples.
+    :param model, guide, args, kwargs: as for ``SVI``. Array arguments are traced; other values
+        (Python numbers, strings) are compiled in, as ``svi.run`` does.
+    :param params: constrained parameter values, as ``svi.get_params(state)`` returns; a param left
+        out takes its initial value (default: all initial, as ``SVI.init(PRNGKey(seed))`` draws them).
+    :param num_reps: independent estimates drawn (at least 5).
+    :param seed: an integer, or a JAX PRNG key of any implementation, for the initial values and the
+        draws.
+    :param confidence: level of the variance intervals (Bonett's, see :mod:`ppl_reparam.stats`).
+    :param chunk_particles: most particles in one vectorized pass (memory bound).
+
+    ``seconds`` in the result includes compilation on the first call for given objects and shapes.
+    """
+    if num_reps < MIN_REPS:
+        raise ValueError(f"num_reps must be at least {MIN_REPS}, got {num_reps}")
+    if chunk_particles < 1:
+        raise ValueError(f"chunk_particles must be positive, got {chunk_particles}")
+    start = time.perf_counter()
+    key = random.PRNGKey(seed) if isinstance(seed, numbers.Integral) else seed
+    values, transforms = init_params(model, guide, key, *args, params=params, **kwargs)
+    unconstrained = transform_fn(transforms, values, invert=True)
+    arrays, layout = _split_static((args, kwargs))
+    chunks = -(-num_reps // max(1, chunk_particles // elbo.num_particles))
+    keys = random.split(random.split(key, 3)[0], -(-num_reps // chunks) * chunks)
+    grads = _gradient_samples(
+        keys, unconstrained, transforms, arrays, elbo=elbo, model=model, guide=guide, layout=layout, chunks=chunks
+    )
+    samples = {name: np.asarray(value[:num_reps]) for name, value in grads.items()}
+    seconds = time.perf_counter() - start
+    return GradientStats.from_samples(samples, elbo.num_particles, seconds, confidence)
+
+
+def compare_estimators(
+    model: Callable,
+    guide: Callable,
+    elbos: Mapping[str, ELBO],
+    *args: Any,
+    num_reps: int = 100,
+    seed: int | jax.Array = 0,
+    **kwargs: Any,
+) -> dict[str, GradientStats]:
+    """:func:`gradient_variance` of each named ELBO on the same model, guide, parameter values and
+    seed; write the result with :mod:`ppl_reparam.report`. The keyword arguments ``params``,
+    ``confidence`` and ``chunk_particles`` go to :func:`gradient_variance`, the others to the model
+    and guide."""
+    options = {k: kwargs.pop(k) for k in ("params", "confidence", "chunk_particles") if k in kwargs}
+    return {
+        name: gradient_variance(elbo, model, guide, *args, num_reps=num_reps, seed=seed, **options, **kwargs)
+        for name, elbo in elbos.items()
+    }
