@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from . import analytic
 from .report import markdown_table, write_csv, write_json
 from .specs import EstimatorSpec, parse_spec, parse_specs
+from .stats import GradientStats
 
 DEFAULT_SAMPLES = (10, 100, 1000, 10000, 100000)
 DEFAULT_SPECS = "score+akl,pathwise+akl"
@@ -50,16 +51,35 @@ def parse_samples(text: str) -> list[int]:
     return samples
 
 
-def _measure_pyro(theta: float, spec: EstimatorSpec, reps: int, seed: int):
-    import pyro
+BACKENDS = ("pyro", "numpyro")
 
-    from .models.toy_gaussian import ToyGaussian
-    from .pyro import gradient_variance
-    from .pyro.specs import make_elbo
 
-    toy = ToyGaussian(theta)
-    pyro.clear_param_store()
-    return gradient_variance(make_elbo(spec, max_plate_nesting=0), toy.model, toy.guide, num_reps=reps, seed=seed)
+def measure(
+    backend: str, theta: float, spec: EstimatorSpec, reps: int, seed: int, confidence: float = 0.95
+) -> GradientStats:
+    """``reps`` gradient estimates of the toy problem at ``theta`` through ``backend``'s model, guide
+    and ELBO for ``spec`` (its ``particles`` samples each)."""
+    if backend == "pyro":
+        import pyro
+
+        from .models.toy_gaussian import ToyGaussian
+        from .pyro import gradient_variance
+        from .pyro.specs import make_elbo
+
+        toy = ToyGaussian(theta)
+        pyro.clear_param_store()
+        elbo = make_elbo(spec, max_plate_nesting=0)
+        return gradient_variance(elbo, toy.model, toy.guide, num_reps=reps, seed=seed, confidence=confidence)
+    if backend == "numpyro":
+        from .models.toy_gaussian_numpyro import ToyGaussian as NumPyroToy
+        from .numpyro import gradient_variance as numpyro_gradient_variance
+        from .numpyro.specs import make_elbo as make_numpyro_elbo
+
+        toy = NumPyroToy(theta)
+        return numpyro_gradient_variance(
+            make_numpyro_elbo(spec), toy.model, toy.guide, num_reps=reps, seed=seed, confidence=confidence
+        )
+    raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
 
 
 def sweep(
@@ -69,19 +89,21 @@ def sweep(
     specs: Sequence[EstimatorSpec | str] = tuple(DEFAULT_SPECS.split(",")),
     seed: int = 0,
     progress: bool = True,
+    backends: Sequence[str] = ("pyro",),
 ) -> list[dict[str, Any]]:
-    """Measure every (N, spec) pair; one row each, with the closed forms beside the measurements."""
+    """Measure every (backend, spec, N); one row each, with the closed forms beside the measurements."""
     rows = []
-    jobs = [(n, parse_spec(spec) if isinstance(spec, str) else spec) for spec in specs for n in samples]
-    for n, spec in tqdm(jobs, desc="toy sweep", disable=not progress):
+    specs = [parse_spec(spec) if isinstance(spec, str) else spec for spec in specs]
+    jobs = [(backend, n, spec) for backend in backends for spec in specs for n in samples]
+    for backend, n, spec in tqdm(jobs, desc="toy sweep", disable=not progress):
         spec = replace(spec, particles=n)
-        stats = _measure_pyro(theta, spec, reps, seed)
+        stats = measure(backend, theta, spec, reps, seed)
         s = stats["theta"]
         exact = closed_form(spec, theta) or analytic.Moments(math.nan, math.nan, math.nan)
         low, high = s.variance_ci
         rows.append(
             {
-                "backend": "pyro",
+                "backend": backend,
                 "estimator": str(replace(spec, particles=1)),
                 "N": n,
                 "mean": float(s.mean),
@@ -102,9 +124,11 @@ def sweep(
 
 def summary_table(rows: Sequence[dict[str, Any]]) -> str:
     """The printed table: N, estimator, mean, variance, 95% CI, closed-form variance."""
+    both = len({r["backend"] for r in rows}) > 1
     return markdown_table(
         [
             {
+                **({"backend": r["backend"]} if both else {}),
                 "N": r["N"],
                 "estimator": r["estimator"],
                 "mean": f"{r['mean']:.4f} ± {r['standard_error']:.2g}",
@@ -124,7 +148,8 @@ def run(args: argparse.Namespace) -> None:
     samples = parse_samples(args.samples)
     if args.reps < 5:
         raise ValueError(f"--reps must be at least 5 (for the variance interval), got {args.reps}")
-    rows = sweep(args.theta, samples, args.reps, specs, args.seed, progress=not args.quiet)
+    backends = BACKENDS if args.backend == "both" else (args.backend,)
+    rows = sweep(args.theta, samples, args.reps, specs, args.seed, progress=not args.quiet, backends=backends)
     out = Path(args.out)
     print(f"Toy problem: d/dtheta E[x^2], x ~ N({args.theta}, 1); {args.reps} repetitions, seed {args.seed}; "
           f"exact gradient {2 * args.theta:g}")
@@ -153,6 +178,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--estimators", default=DEFAULT_SPECS,
                         help="comma-separated estimator specs (see ppl_reparam.specs), particles set by N")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--backend", choices=[*BACKENDS, "both"], default="pyro",
+                        help="Pyro, NumPyro, or both side by side in the table and plot")
     parser.add_argument("--out", default="results", help="folder for toy.csv, toy.json and toy.png")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)

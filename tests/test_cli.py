@@ -32,6 +32,13 @@ def test_toy_end_to_end(tmp_path, capsys):
     assert [r["mean"] for r in again] == [r["mean"] for r in rows]
 
 
+def test_toy_both_backends(tmp_path, capsys):
+    assert main(["toy", "--backend", "both", "--samples", "10", "--reps", "10", "--out", str(tmp_path), "--quiet"]) == 0
+    assert "| backend | N |" in capsys.readouterr().out
+    rows = list(csv.DictReader(open(tmp_path / "toy.csv")))
+    assert sorted({r["backend"] for r in rows}) == ["numpyro", "pyro"]
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

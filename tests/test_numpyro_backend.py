@@ -26,10 +26,8 @@ from numpyro.handlers import seed, substitute, trace
 from numpyro.infer import SVI
 from numpyro.infer.autoguide import AutoDiagonalNormal, AutoNormal
 
-from ppl_reparam.analytic import gradient_moments
 from ppl_reparam.models.toy_gaussian_numpyro import ToyGaussian
 from ppl_reparam.numpyro import (
-    ESTIMATORS,
     EstimatorDistribution,
     PathwiseELBO,
     ScoreFunctionELBO,
@@ -99,27 +97,6 @@ def toy_stats(estimator, analytic_kl, theta=2.0, seed_=1, **options):
     chunk = CHUNKED.get((estimator, analytic_kl), 2**22)
     return gradient_variance(elbo, TOY.model, TOY.guide, params={"theta": theta}, num_reps=REPS, seed=seed_,
                              chunk_particles=chunk, **options)
-
-
-@pytest.mark.parametrize("theta", [2.0, -1.0])
-@pytest.mark.parametrize("estimator", ESTIMATORS)
-@pytest.mark.parametrize("analytic_kl", [True, False])
-def test_toy_closed_form_row(theta, estimator, analytic_kl):
-    # Exact moments of the per-sample gradient (ppl_reparam.analytic); for N-sample estimates the
-    # variance is sigma^2/N and the fourth central moment (mu_4 + 3(N-1) sigma^4)/N^3. Checks: the mean
-    # within 5 exact standard errors sqrt(sigma^2/(N R)) of 2 theta (two-sided tail 5.7e-7); the
-    # measured variance within 6 exact standard deviations of the sample variance
-    # sqrt(mu_4/R - sigma^4 (R-3)/(R(R-1))) (R = 2000 makes it close to normal); the closed form inside
-    # the measured Bonett interval at confidence 1 - 1e-6.
-    stats = toy_stats(estimator, analytic_kl, theta, confidence=CONFIDENCE)["theta"]
-    exact = gradient_moments(estimator, theta, analytic_kl=analytic_kl)
-    of_mean = exact.of_mean(N)
-    assert exact.mean == pytest.approx(2 * theta)
-    assert abs(float(stats.mean) - exact.mean) <= 5 * math.sqrt(of_mean.variance / REPS)
-    assert abs(float(stats.variance) - of_mean.variance) <= 6 * of_mean.sample_variance_sd(REPS)
-    low, high = stats.variance_ci
-    assert low <= of_mean.variance <= high
-    assert float(stats.per_sample_variance) == pytest.approx(float(stats.variance) * N)
 
 
 def test_particle_mapping_and_chunking_do_not_change_draws():
