@@ -1,4 +1,8 @@
-"""``ppl-reparam``: the command-line entry point; each subcommand lives in its own module."""
+"""``ppl-reparam``: the command-line entry point; each subcommand lives in its own module.
+
+Subcommand modules are light to import: argument definitions at module level, torch, Pyro and the
+plotting imported inside their ``run``, so ``ppl-reparam --help`` loads neither torch nor JAX.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,9 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from . import toy, vae
-from .pyro import families
+from . import compare, families_cli, toy, vae
 
-COMMANDS = (toy, vae, families)
+COMMANDS = (toy, vae, compare, families_cli)
 """Modules with ``add_parser(subparsers)``, which registers a subcommand whose ``func`` runs it."""
 
 

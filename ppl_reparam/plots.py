@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -84,7 +85,7 @@ def plot_group_variance(rows: Sequence[dict[str, Any]], path: str | os.PathLike[
     measured = list(dict.fromkeys(r["measured"] for r in rows))
     trained = list(dict.fromkeys(r["trained_with"] for r in rows))
     colours = dict(zip(measured, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
-    styles = dict(zip(trained, ["-o", "--s", ":^"]))
+    styles = dict(zip(trained, itertools.cycle(["-o", "--s", ":^", "-.v", "-D", "--P"])))
     fig, axes = plt.subplots(2, len(groups), figsize=(5.6 * len(groups), 7.6), squeeze=False, sharex=True,
                              layout="constrained")
     for col, group in enumerate(groups):
@@ -98,7 +99,9 @@ def plot_group_variance(rows: Sequence[dict[str, Any]], path: str | os.PathLike[
                 low = np.array([r["ci_low"] for r in pts])
                 high = np.array([r["ci_high"] for r in pts])
                 label = f"{m} gradient, model trained with {t}"
-                axes[0, col].errorbar(epoch, total, yerr=[total - low, high - total], fmt=styles[t],
+                # a bootstrap-t interval from few repetitions need not contain its estimate
+                yerr = [np.clip(total - low, 0, None), np.clip(high - total, 0, None)]
+                axes[0, col].errorbar(epoch, total, yerr=yerr, fmt=styles[t],
                                       color=colours[m], capsize=3, markersize=4, label=label)
                 axes[1, col].plot(epoch, [r["mean_snr"] for r in pts], styles[t], color=colours[m],
                                   markersize=4, label=label)
@@ -117,18 +120,102 @@ def plot_group_variance(rows: Sequence[dict[str, Any]], path: str | os.PathLike[
 
 def plot_image_grid(rows: Sequence[tuple[str, np.ndarray]], path: str | os.PathLike[str]) -> Path:
     """A grid of square grayscale images, one labelled row per ``(label, images (n, side * side))``;
-    pixel values in [0, 1] (probabilities for reconstructions and samples)."""
+    pixel values in [0, 1] (probabilities for reconstructions and samples). Each row is one strip
+    (images side by side, one-pixel white gaps): one axes per row, not per image, which keeps the
+    figure fast to draw with many rows."""
     n = max(len(images) for _, images in rows)
     side = int(round(np.sqrt(rows[0][1].shape[1])))
-    fig, axes = plt.subplots(len(rows), n, figsize=(0.9 * n + 1.6, 0.95 * len(rows)), squeeze=False)
-    for i, (label, images) in enumerate(rows):
-        for j in range(n):
-            ax = axes[i, j]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if j < len(images):
-                ax.imshow(images[j].reshape(side, side), cmap="gray_r", vmin=0, vmax=1)
-            else:
-                ax.axis("off")
-        axes[i, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+    fig, axes = plt.subplots(len(rows), 1, figsize=(0.9 * n + 1.6, 0.95 * len(rows)), squeeze=False)
+    for ax, (label, images) in zip(axes[:, 0], rows):
+        strip = np.zeros((side, n * (side + 1) - 1))
+        for j, image in enumerate(images):
+            strip[:, j * (side + 1) : j * (side + 1) + side] = image.reshape(side, side)
+        ax.imshow(strip, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+    return save_figure(fig, path)
+
+
+def _variance_bars(
+    ax: plt.Axes, rows: Sequence[dict[str, Any]], value: str, low: str | None, high: str | None, groups: list[str]
+) -> None:
+    """Grouped horizontal bars of ``value`` per measured estimator (rows' ``measured``), one colour per
+    parameter group, with ``[low, high]`` error bars when given; log scale."""
+    measured = list(dict.fromkeys(r["measured"] for r in rows))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    height = 0.8 / len(groups)
+    for g, (group, colour) in enumerate(zip(groups, colours)):
+        pts = {r["measured"]: r for r in rows if r["group"] == group}
+        y = np.array([i + (g - (len(groups) - 1) / 2) * height for i, m in enumerate(measured) if m in pts])
+        v = np.array([pts[m][value] for m in measured if m in pts])
+        xerr = None
+        if low and high:
+            lo = np.array([pts[m][low] for m in measured if m in pts])
+            hi = np.array([pts[m][high] for m in measured if m in pts])
+            xerr = [np.clip(v - lo, 0, None), np.clip(np.where(np.isfinite(hi), hi, v) - v, 0, None)]
+        ax.barh(y, v, height=height, color=colour, xerr=xerr, capsize=3, label=group, alpha=0.85)
+    ax.set_yticks(range(len(measured)), measured, fontsize=8)
+    if not ax.yaxis_inverted():  # first spec on top (axes sharing y are inverted once)
+        ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.grid(True, axis="x", which="both", alpha=0.3)
+
+
+def plot_elbo_and_variance(
+    history: Sequence[dict[str, Any]], variance: Sequence[dict[str, Any]], path: str | os.PathLike[str],
+    test_label: str, group: str = "encoder",
+) -> Path:
+    """Side by side: the test ELBO of each run against epoch (±2 standard-error bands), and the
+    per-sample total variance of ``group``'s gradient (log scale, with its interval) of every
+    estimator at the last measurement, all on the same parameters (the first measured run's)."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8), layout="constrained",
+                                      gridspec_kw={"width_ratios": [1.25, 1]})
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, estimator in enumerate(dict.fromkeys(h["estimator"] for h in history)):
+        rows = [h for h in history if h["estimator"] == estimator]
+        epoch = np.array([h["epoch"] for h in rows])
+        test = np.array([h["test_elbo"] for h in rows])
+        se = np.array([h["test_elbo_se"] for h in rows])
+        colour = colours[i % len(colours)]
+        left.plot(epoch, test, ["-", "--", ":", "-."][i // len(colours) % 4], color=colour, label=estimator)
+        left.fill_between(epoch, test - 2 * se, test + 2 * se, color=colour, alpha=0.2)
+        relaxed = [(h["epoch"], h.get("relaxed_test_elbo", np.nan)) for h in rows]
+        relaxed = [pt for pt in relaxed if np.isfinite(pt[1])]
+        if relaxed:
+            left.plot(*np.array(relaxed).T, ":", color=colour, label=f"{estimator}: its relaxed objective")
+    trained = [h["test_elbo"] for h in history if h["epoch"] > 0]
+    if trained:  # the untrained model's ELBO would squash the curves
+        low, high = min(trained), max(trained)
+        left.set_ylim(low - 0.1 * (high - low + 1e-9), high + 0.1 * (high - low + 1e-9))
+    left.set_xlabel("epoch")
+    left.set_ylabel("ELBO (nats per image)")
+    left.set_title(f"{test_label}, by training estimator (epoch 0: {history[0]['test_elbo']:.1f})")
+    left.grid(True, alpha=0.3)
+    left.legend(fontsize=8)
+    epoch, trained = variance[-1]["epoch"], variance[0]["trained_with"]
+    last = [r for r in variance if (r["epoch"], r["trained_with"], r["group"]) == (epoch, trained, group)]
+    _variance_bars(right, last, "per_sample_variance", "per_sample_ci_low", "per_sample_ci_high", [group])
+    right.set_xlabel(f"per-sample total variance of the {group} gradient (variance x particles)")
+    right.set_title(f"epoch {epoch}, parameters of the run trained with {trained}; 95% CIs", fontsize=9)
+    return save_figure(fig, path)
+
+
+def plot_compare(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], title: str) -> Path:
+    """Two bar charts (log scale) of each estimator spec, one bar per parameter group: the per-sample
+    total variance (variance of the estimate x particles) with its interval, and the work-normalized
+    variance (variance of the estimate x seconds per estimate)."""
+    groups = list(dict.fromkeys(r["group"] for r in rows))
+    measured = list(dict.fromkeys(r["measured"] for r in rows))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 1.2 + 0.45 * len(measured) * max(1, len(groups) / 1.5)),
+                                      layout="constrained", sharey=True)
+    _variance_bars(left, rows, "per_sample_variance", "per_sample_ci_low", "per_sample_ci_high", groups)
+    left.set_xlabel("per-sample variance: total variance x particles (95% CI)")
+    _variance_bars(right, rows, "variance_x_seconds", None, None, groups)
+    right.set_xlabel("variance x cost: total variance x seconds per estimate")
+    if len(groups) > 1:
+        left.legend(title="parameters", fontsize=8)
+    fig.suptitle(title, fontsize=10)
     return save_figure(fig, path)

@@ -1,76 +1,187 @@
 r"""``ppl-reparam vae``: train a VAE on binarized digits with each gradient estimator; compare their variance.
 
-A variational autoencoder trained under Pyro's SVI with the score-function or the pathwise
-gradient estimator, and the variance of both measured on it.
+Two models (``--model``): ``gaussian`` (default), Kingma and Welling's VAE ("Auto-Encoding Variational
+Bayes", ICLR 2014; :mod:`ppl_reparam.models.vae` with :class:`~ppl_reparam.pyro.AmortizedNormal`),
+and ``discrete``, a VAE with L independent Bernoulli(1/2) latent bits and an amortized Bernoulli guide
+(:mod:`ppl_reparam.models.discrete_vae`). ELBOs are in nats per image: the training ELBO averages the
+epoch's minibatch estimates of the run's own objective; the test ELBO is a fresh estimate of the
+(true, discrete for ``discrete``) ELBO with ``--test-particles`` particles per image, the same seed
+for every run (:func:`~ppl_reparam.pyro.training.evaluate_elbo`).
 
-The model and guide are Kingma and Welling's ("Auto-Encoding Variational Bayes", ICLR 2014):
-:mod:`ppl_reparam.models.vae` with :class:`~ppl_reparam.pyro.AmortizedNormal`. ELBOs are in nats per
-image: the training ELBO averages the epoch's minibatch estimates; the test ELBO is a fresh estimate
-with ``--test-particles`` pathwise particles per image (:func:`~ppl_reparam.pyro.training.evaluate_elbo`).
+``--estimator`` takes estimator specs (:mod:`ppl_reparam.specs`), a comma list with ``--compare``:
+``pathwise``, ``score``, ``score+rloo:4``, ``score+ma``, ``score+learned`` (a network on the batch
+``x``), ``score+b=25``, ``pathwise+stl``, ``iwae:5``, ``iwae-vimco:5``, ``iwae-dreg:5``, ... and, for
+the discrete model only, ``relaxed+t=T[:K]``: the Concrete / Gumbel-softmax relaxation at temperature
+T (Maddison, Mnih and Teh 2017; Jang, Gu and Poole 2017), trained pathwise on the relaxed ELBO, a
+biased surrogate of the discrete one. Runs are named by their canonical spec. The issue's form
+``--objective iwae --k K --estimator E`` (E in pathwise, score, vimco, dreg) means the spec
+``iwae:K``, ``iwae-vimco:K`` (score and vimco) or ``iwae-dreg:K``. Particles: a spec's ``:K`` is
+its particle count; ``--num-particles N`` sets it for specs that give none, and giving both is an
+error (so is ``--num-particles`` with ``--objective iwae``: use ``--k``). ``--analytic-kl`` adds
+``+akl`` (closed-form KL, estimator B) to every score and pathwise spec.
 
 ``--compare`` trains one model per estimator from the same initial weights, and at epoch 0, every
-``--variance-every`` epochs and the last it measures every estimator's gradient on every model's
-current parameters and one fixed training batch, ``--variance-reps`` repetitions each: total
-variance and mean SNR of the encoder's and the decoder's parameters, and the ratio of the score
-function's total variance to the pathwise one's with a bootstrap-t interval (:mod:`ppl_reparam.stats`).
-Both estimators are unbiased, so their means must agree within standard errors (``means_mean_z2``
-about 1); on the decoder they are the same estimator (the decoder's gradient never goes through the
-guide's sample), so the ratio there should cover 1.
+``--variance-every`` epochs and the last it measures every estimator's gradient on the current
+parameters of every run (or of the runs named by ``--measure-on``) on one fixed training batch,
+``--variance-reps`` repetitions each: total variance and mean SNR of the encoder's and the decoder's
+parameters (:mod:`ppl_reparam.stats`), and the ratio of each estimator's per-sample total variance
+(variance x particles) to the reference's (``pathwise`` when measured, else ``score``) with a
+bootstrap-t interval, and whether their means agree. Estimators of the same objective (the ELBO:
+score and pathwise, with any baseline, akl or stl) must agree within standard errors; IWAE bounds
+and relaxations are other objectives, so disagreement there measures their bias with respect to the
+ELBO's gradient. A spec with a stateful baseline (``ma``, ``learned``) is measured with the baseline
+of the run trained with it, as trained so far.
 
 Files in ``--out``: ``history.csv``, ``variance.csv``, ``comparison.csv``, ``results.json``,
-``elbo.png``, ``variance.png``, ``images.png`` and ``checkpoint.pt`` (atomic, every epoch; ``--resume``).
+``elbo.png``, ``variance.png``, ``summary.png`` (test ELBO curves beside each estimator's per-sample
+encoder variance at the last measurement), ``images.png`` and ``checkpoint.pt`` (atomic, every
+epoch; ``--resume``). For the discrete model, relaxed runs also get the relaxed objective on the test
+set (``relaxed_test_elbo``), to set against their discrete ELBO: the gap is the relaxation's bias.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .report import markdown_table, write_csv, write_json
+from .specs import EstimatorSpec, parse_spec
 from .stats import MIN_REPS
 
 if TYPE_CHECKING:
     from .pyro.training import VAEResult
 
-ESTIMATORS = ("pathwise", "score")
+MODELS = ("gaussian", "discrete")
+DEFAULT_LATENT_DIM = {"gaussian": 8, "discrete": 16}
+DEFAULT_ESTIMATORS = {
+    ("gaussian", False): "pathwise",
+    ("gaussian", True): "pathwise,score",
+    ("discrete", False): "score",
+    ("discrete", True): "score,score+rloo:4,iwae-vimco:4,relaxed+t=0.5,relaxed+t=1",
+}
+IWAE_SPELLINGS = {"pathwise": "iwae", "score": "iwae-vimco", "vimco": "iwae-vimco", "dreg": "iwae-dreg"}
+"""``--objective iwae --estimator E`` -> the IWAE spec base."""
 
 
+# --------------------------------------------------------------------------------- estimator specs
+@dataclass(frozen=True)
+class RelaxedSpec:
+    """``relaxed+t=T[:K]``: the discrete model's Concrete relaxation at temperature ``T``, trained by
+    the pathwise estimator with ``K`` particles (default 1). The same attributes as an
+    :class:`~ppl_reparam.specs.EstimatorSpec` where they apply."""
+
+    temperature: float
+    particles: int = 1
+    base = "relaxed"
+    is_iwae = False
+    analytic_kl = False
+    stl = False
+    baseline = None
+
+    def __str__(self) -> str:
+        return f"relaxed+t={self.temperature:g}" + (f":{self.particles}" if self.particles != 1 else "")
+
+
+RunSpec = EstimatorSpec | RelaxedSpec
+
+
+def _parse_relaxed(text: str) -> RelaxedSpec:
+    body, _, k = text.strip().partition(":")
+    _, *options = body.split("+")
+    if len(options) != 1 or not options[0].startswith("t="):
+        raise ValueError(f"estimator spec {text!r}: the relaxation takes one option, its temperature: relaxed+t=T[:K]")
+    try:
+        temperature = float(options[0][2:])
+    except ValueError:
+        raise ValueError(f"estimator spec {text!r}: temperature {options[0][2:]!r} is not a number") from None
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise ValueError(f"estimator spec {text!r}: the temperature must be positive and finite")
+    try:
+        particles = int(k) if k else 1
+    except ValueError:
+        raise ValueError(f"estimator spec {text!r}: particles after ':' must be an integer, got {k!r}") from None
+    if particles < 1:
+        raise ValueError(f"estimator spec {text!r}: particles must be positive")
+    return RelaxedSpec(temperature, particles)
+
+
+def parse_run_spec(text: str) -> RunSpec:
+    """An estimator spec (:func:`ppl_reparam.specs.parse_spec`) or ``relaxed+t=T[:K]``."""
+    if text.strip().split("+")[0].split(":")[0] == "relaxed":
+        return _parse_relaxed(text)
+    try:
+        return parse_spec(text)
+    except ValueError as e:
+        if "unknown base" in str(e):
+            raise ValueError(f"{e}, or relaxed+t=T (discrete model)") from None
+        raise
+
+
+def objective_of(spec: RunSpec) -> str:
+    """The objective a spec's gradient estimates: ``elbo`` (score, pathwise, any baseline, akl, stl),
+    ``iwae:K`` or ``relaxed:T``. Two specs estimate the same gradient iff their objectives match."""
+    if isinstance(spec, RelaxedSpec):
+        return f"relaxed:{spec.temperature:g}"
+    return f"iwae:{spec.particles}" if spec.is_iwae else "elbo"
+
+
+def _with_particles(spec: RunSpec, particles: int) -> RunSpec:
+    return replace(spec, particles=particles)
+
+
+# ---------------------------------------------------------------------------------------- settings
 @dataclass(frozen=True)
 class VAEConfig:
-    """Settings of a ``vae`` run (the command's options); checked on construction (ValueError)."""
+    """Settings of a ``vae`` run (the command's options); checked on construction (ValueError).
+    ``estimators`` and ``measure_on`` are stored as canonical spec strings."""
 
     estimators: tuple[str, ...] = ("pathwise",)
     compare: bool = False
-    analytic_kl: bool = False
+    model: str = "gaussian"
     epochs: int = 50
     batch_size: int = 100
     latent_dim: int = 8
     hidden: tuple[int, ...] = (128,)
     lr: float = 1e-3
-    num_particles: int = 1
     data: str = "digits"
     seed: int = 0
     dynamic_binarization: bool = False
     variance_reps: int = 100
     variance_every: int = 5
     test_particles: int = 100
+    measure_on: tuple[str, ...] = ()
+    """Runs (by spec) whose parameters every estimator is measured on; empty: every run."""
 
     def __post_init__(self) -> None:
-        unknown = [e for e in self.estimators if e not in ESTIMATORS]
-        if unknown or not self.estimators or len(set(self.estimators)) < len(self.estimators):
-            raise ValueError(
-                f"estimators {list(self.estimators)}: give each of {', '.join(ESTIMATORS)} at most once"
-            )
-        if len(self.estimators) > 1 and not self.compare:
-            raise ValueError(f"several estimators {list(self.estimators)} need --compare")
+        if self.model not in MODELS:
+            raise ValueError(f"unknown model {self.model!r}; choose from {', '.join(MODELS)}")
+        if isinstance(self.estimators, str):
+            raise ValueError("estimators must be a sequence of specs, not one string")
+        specs = [parse_run_spec(e) for e in self.estimators]
+        names = tuple(str(s) for s in specs)
+        if not names or len(set(names)) < len(names):
+            raise ValueError(f"estimators {list(self.estimators)}: give at least one, each at most once")
+        if len(names) > 1 and not self.compare:
+            raise ValueError(f"several estimators {list(names)} need --compare")
+        for spec in specs:
+            if isinstance(spec, RelaxedSpec) and self.model != "discrete":
+                raise ValueError(f"{spec}: the Concrete relaxation applies to the discrete model (--model discrete)")
+        object.__setattr__(self, "estimators", names)
+        measure_on = tuple(str(parse_run_spec(m)) for m in self.measure_on)
+        unknown = [m for m in measure_on if m not in names]
+        if unknown:
+            raise ValueError(f"--measure-on {unknown}: not among the trained estimators {list(names)}")
+        object.__setattr__(self, "measure_on", measure_on)
+        object.__setattr__(self, "hidden", tuple(self.hidden))
         positive = {
             "epochs": self.epochs, "batch size": self.batch_size, "latent dim": self.latent_dim,
-            "num particles": self.num_particles, "variance every": self.variance_every,
+            "variance every": self.variance_every,
         }
         for name, value in positive.items():
             if value < 1:
@@ -84,12 +195,37 @@ class VAEConfig:
         if self.test_particles < 2:
             raise ValueError(f"test particles must be at least 2, got {self.test_particles}")
 
+    @property
+    def specs(self) -> list[RunSpec]:
+        return [parse_run_spec(e) for e in self.estimators]
+
     def key(self) -> dict[str, Any]:
         """The settings as a dict, stored in checkpoints to check ``--resume``."""
         return asdict(self)
 
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """Field defaults, for checkpoints written before a field existed."""
+        return {f.name: f.default for f in fields(cls)}
+
+    @classmethod
+    def key_of_checkpoint(cls, saved: dict[str, Any]) -> dict[str, Any]:
+        """A checkpoint's stored settings as :meth:`key` gives them now: missing fields take their
+        defaults, and the options of earlier versions (``num_particles``, ``analytic_kl``, before
+        they were written into the specs) are folded into ``estimators``."""
+        saved = dict(saved)
+        particles, analytic_kl = saved.pop("num_particles", 1), saved.pop("analytic_kl", False)
+        if particles != 1 or analytic_kl:
+            saved["estimators"] = resolve_estimators(
+                ",".join(saved["estimators"]), num_particles=None if particles == 1 else particles,
+                analytic_kl=analytic_kl,
+            )
+        return {**cls.defaults(), **{k: v for k, v in saved.items() if k in cls.defaults()}}
+
     @property
     def test_elbo_label(self) -> str:
+        if self.model == "discrete":
+            return f"test_discrete_elbo_{self.test_particles}particles"
         return f"test_elbo_pathwise_{self.test_particles}particles"
 
 
@@ -113,15 +249,58 @@ def _at_least(low: int):
     return parse
 
 
+def resolve_estimators(
+    text: str, objective: str = "elbo", k: int | None = None, num_particles: int | None = None,
+    analytic_kl: bool = False,
+) -> tuple[str, ...]:
+    """The canonical specs that the options ``--estimator text --objective ... --k ... --num-particles
+    ... --analytic-kl`` name; a ValueError for contradictory ones (see the module docstring)."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts:
+        raise ValueError("--estimator: no estimator spec given")
+    if objective == "iwae":
+        if num_particles is not None:
+            raise ValueError("--objective iwae takes its sample count from --k, not --num-particles")
+        if analytic_kl:
+            raise ValueError("--analytic-kl applies to the ELBO, not to --objective iwae")
+        unknown = [p for p in parts if p not in IWAE_SPELLINGS]
+        if unknown:
+            raise ValueError(f"--objective iwae: estimators {unknown}; choose from {', '.join(IWAE_SPELLINGS)}")
+        return tuple(str(parse_spec(f"{IWAE_SPELLINGS[p]}:{5 if k is None else k}")) for p in parts)
+    if objective != "elbo":
+        raise ValueError(f"unknown objective {objective!r}; choose from elbo, iwae")
+    if k is not None:
+        raise ValueError("--k is the IWAE sample count: give it with --objective iwae (or write iwae:K in a spec)")
+    specs = []
+    for part in parts:
+        spec = parse_run_spec(part)
+        if num_particles is not None:
+            if ":" in part:
+                raise ValueError(f"spec {part!r} gives its particles after ':'; drop --num-particles or the ':K'")
+            spec = _with_particles(spec, num_particles)
+        if analytic_kl:
+            if spec.is_iwae or isinstance(spec, RelaxedSpec):
+                raise ValueError(f"--analytic-kl applies to score and pathwise specs, not {spec}")
+            spec = replace(spec, analytic_kl=True)
+        specs.append(str(spec))
+    return tuple(specs)
+
+
 def config_from_args(args: argparse.Namespace) -> VAEConfig:
-    default = "pathwise,score" if args.compare else "pathwise"
-    estimators = tuple(e.strip() for e in (args.estimator or default).split(",") if e.strip())
+    objective = args.objective
+    if objective == "iwae":
+        default = "vimco" if args.model == "discrete" else "pathwise"
+    else:
+        default = DEFAULT_ESTIMATORS[args.model, args.compare]
+    estimators = resolve_estimators(args.estimator or default, objective, args.k, args.num_particles,
+                                    args.analytic_kl)
+    measure_on = tuple(m.strip() for m in (args.measure_on or "").split(",") if m.strip())
+    latent_dim = args.latent_dim or DEFAULT_LATENT_DIM[args.model]
     return VAEConfig(
-        estimators=estimators, compare=args.compare, analytic_kl=args.analytic_kl, epochs=args.epochs,
-        batch_size=args.batch_size, latent_dim=args.latent_dim, hidden=args.hidden, lr=args.lr,
-        num_particles=args.num_particles, data=args.data, seed=args.seed,
-        dynamic_binarization=args.dynamic_binarization, variance_reps=args.variance_reps,
-        variance_every=args.variance_every, test_particles=args.test_particles,
+        estimators=estimators, compare=args.compare, model=args.model, epochs=args.epochs,
+        batch_size=args.batch_size, latent_dim=latent_dim, hidden=args.hidden, lr=args.lr, data=args.data,
+        seed=args.seed, dynamic_binarization=args.dynamic_binarization, variance_reps=args.variance_reps,
+        variance_every=args.variance_every, test_particles=args.test_particles, measure_on=measure_on,
     )
 
 
@@ -140,7 +319,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 @contextmanager
-def _threads(n: int) -> Iterator[None]:
+def threads(n: int) -> Iterator[None]:
     """At most ``n`` threads for torch's CPU kernels and for NumPy's BLAS in the block. The
     networks and the bootstrap's matrices here are small: on a busy 2-core machine two threads
     made an SVI step 25 times slower than one (thread hand-offs, not arithmetic)."""
@@ -156,15 +335,26 @@ def _threads(n: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+
+
+def _test_elbo_estimator(config: VAEConfig) -> str:
+    if config.model == "discrete":
+        return (f"Monte Carlo estimate of the discrete ELBO (ScoreFunctionELBO's loss), {config.test_particles} "
+                "particles per image; relaxed runs evaluated with temperature None")
+    return f"PathwiseELBO, {config.test_particles} particles per image"
+
+
 def write_results(result: VAEResult, config: VAEConfig, out: Path) -> list[Path]:
     """history.csv, variance.csv, comparison.csv, results.json and the figures, each atomically."""
-    from .plots import plot_elbo_curves, plot_group_variance, plot_image_grid
+    from .plots import plot_elbo_and_variance, plot_elbo_curves, plot_group_variance, plot_image_grid
 
-    history = [
-        {"epoch": h["epoch"], "estimator": h["estimator"], "train_elbo": h["train_elbo"],
-         config.test_elbo_label: h["test_elbo"], "test_elbo_se": h["test_elbo_se"], "seconds": h["seconds"]}
-        for h in result.history
-    ]
+    history = []
+    for h in result.history:
+        row = {"epoch": h["epoch"], "estimator": h["estimator"], "train_elbo": h["train_elbo"],
+               config.test_elbo_label: h["test_elbo"], "test_elbo_se": h["test_elbo_se"]}
+        if config.model == "discrete":
+            row |= {"relaxed_test_elbo": h["relaxed_test_elbo"], "relaxed_test_elbo_se": h["relaxed_test_elbo_se"]}
+        history.append(row | {"seconds": h["seconds"]})
     files = [write_csv(history, out / "history.csv")]
     if result.variance:
         files.append(write_csv(result.variance, out / "variance.csv"))
@@ -175,7 +365,7 @@ def write_results(result: VAEResult, config: VAEConfig, out: Path) -> list[Path]
             {
                 "config": config.key(),
                 "elbo_units": "nats per image",
-                "test_elbo_estimator": f"PathwiseELBO, {config.test_particles} particles per image",
+                "test_elbo_estimator": _test_elbo_estimator(config),
                 "num_train": result.num_train,
                 "num_test": result.num_test,
                 "history": history,
@@ -185,47 +375,82 @@ def write_results(result: VAEResult, config: VAEConfig, out: Path) -> list[Path]
             out / "results.json",
         )
     )
-    files.append(plot_elbo_curves(result.history, out / "elbo.png", f"test ({config.test_particles} particles)"))
+    test_label = f"test{' discrete' if config.model == 'discrete' else ''} ELBO ({config.test_particles} particles)"
+    files.append(plot_elbo_curves(result.history, out / "elbo.png", test_label))
     if result.variance:
         files.append(plot_group_variance(result.variance, out / "variance.png"))
+        files.append(plot_elbo_and_variance(result.history, result.variance, out / "summary.png", test_label))
     files.append(plot_image_grid(result.images, out / "images.png"))
     return files
 
 
+def _last_measured(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows of the last measured epoch on the first measured run's parameters."""
+    if not rows:
+        return []
+    epoch, trained = rows[-1]["epoch"], rows[0]["trained_with"]
+    return [r for r in rows if r["epoch"] == epoch and r["trained_with"] == trained]
+
+
 def summary(result: VAEResult, config: VAEConfig) -> str:
-    """The printed tables: final ELBOs, and the score/pathwise comparison at the first and last
-    measured epochs (every measured epoch is in comparison.csv)."""
+    """The printed tables: final ELBOs; every estimator's per-sample variance at the last measurement
+    (on the first measured run's parameters); the ratios to the reference estimator at the first and
+    last measured epochs (every measured epoch is in variance.csv and comparison.csv)."""
     last = [h for h in result.history if h["epoch"] == config.epochs]
-    lines = [
-        markdown_table(
-            [{"estimator": h["estimator"], "epoch": h["epoch"], "train ELBO": f"{h['train_elbo']:.3f}",
-              f"test ELBO ({config.test_particles} particles)": f"{h['test_elbo']:.3f} ± {h['test_elbo_se']:.3f}"}
-             for h in last]
-        )
-    ]
+    test_column = f"test ELBO ({config.test_particles} particles)"
+    rows = []
+    for h in last:
+        row = {"estimator": h["estimator"], "epoch": h["epoch"], "train objective": f"{h['train_elbo']:.3f}",
+               test_column: f"{h['test_elbo']:.3f} ± {h['test_elbo_se']:.3f}"}
+        if config.model == "discrete":
+            relaxed, se = h["relaxed_test_elbo"], h["relaxed_test_elbo_se"]
+            row["relaxed test ELBO"] = "—" if math.isnan(relaxed) else f"{relaxed:.3f} ± {se:.3f}"
+        rows.append(row)
+    lines = [markdown_table(rows)]
+    measured = _last_measured(result.variance)
+    if measured:
+        lines += [
+            "",
+            f"Gradient variance at epoch {measured[0]['epoch']} on the parameters of the run trained with "
+            f"{measured[0]['trained_with']}, {config.variance_reps} repetitions, 95% bootstrap-t CI; per sample = "
+            "total variance x particles:",
+            markdown_table([
+                {"measured": r["measured"], "group": r["group"], "particles": r["particles"],
+                 "per-sample variance": f"{r['per_sample_variance']:.4g}",
+                 "95% CI": f"[{r['per_sample_ci_low']:.4g}, {r['per_sample_ci_high']:.4g}]",
+                 "mean SNR": f"{r['mean_snr']:.3g}", "ms / estimate": f"{1e3 * r['seconds_per_estimate']:.3g}"}
+                for r in measured
+            ]),
+        ]
     ends = {result.comparison[0]["epoch"], result.comparison[-1]["epoch"]} if result.comparison else set()
     rows = [
-        {"epoch": c["epoch"], "trained with": c["trained_with"], "group": c["group"],
-         "ratio": f"{c['variance_ratio']:.4g}", "95% CI": f"[{c['ratio_ci_low']:.4g}, {c['ratio_ci_high']:.4g}]",
+        {"epoch": c["epoch"], "trained with": c["trained_with"], "measured": c["measured"],
+         "reference": c["reference"], "group": c["group"], "ratio": f"{c['variance_ratio']:.4g}",
+         "95% CI": f"[{c['ratio_ci_low']:.4g}, {c['ratio_ci_high']:.4g}]",
+         "same objective": "yes" if c["same_objective"] else "no",
          "means: max |z| (Bonferroni bound)": f"{c['means_max_abs_z']:.2f} ({c['means_bonferroni_z']:.2f})"}
         for c in result.comparison if c["epoch"] in ends
     ]
     if rows:
-        lines += ["", "Score-function / pathwise total gradient variance on the same parameters, "
-                  f"{config.variance_reps} repetitions each, 95% bootstrap-t CI:", markdown_table(rows)]
+        lines += ["", "Per-sample total gradient variance over the reference estimator's on the same parameters, "
+                  f"{config.variance_reps} repetitions each, 95% bootstrap-t CI; means of the same objective "
+                  "must agree (max |z| below the bound):", markdown_table(rows)]
     return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> None:
     config = config_from_args(args)
     out = Path(args.out)
-    with _threads(args.threads), _sigterm_as_interrupt():
+    with threads(args.threads), _sigterm_as_interrupt():
         from .pyro.training import train_vae
 
         result = train_vae(config, out, resume=args.resume, progress=False if args.quiet else None)
-    print(f"VAE on {config.data}: {result.num_train} training / {result.num_test} test images, "
-          f"{'-'.join(map(str, (result.images[0][1].shape[1], *config.hidden, config.latent_dim)))}; "
-          f"ELBO in nats per image, test ELBO by PathwiseELBO with {config.test_particles} particles")
+    what = "Bernoulli latent bits" if config.model == "discrete" else "Gaussian latents"
+    sizes = "-".join(map(str, (result.images[0][1].shape[1], *config.hidden, config.latent_dim)))
+    test = ("a Monte Carlo estimate of the discrete ELBO" if config.model == "discrete"
+            else "PathwiseELBO")
+    print(f"VAE ({what}) on {config.data}: {result.num_train} training / {result.num_test} test images, "
+          f"{sizes}; ELBO in nats per image, test ELBO by {test} with {config.test_particles} particles")
     print(summary(result, config))
     files = write_results(result, config, out)
     print("wrote " + ", ".join(str(f) for f in files))
@@ -234,25 +459,35 @@ def run(args: argparse.Namespace) -> None:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "vae",
-        help="train a VAE on binarized digits with either estimator; compare their gradient variance",
+        help="train a VAE (Gaussian or binary latents) on binarized digits with estimator specs; compare "
+        "their gradient variance",
         description=__doc__.splitlines()[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    parser.add_argument("--model", choices=MODELS, default="gaussian",
+                        help="gaussian: Kingma and Welling's VAE; discrete: Bernoulli latent bits")
     parser.add_argument("--estimator", default=None,
-                        help="pathwise or score; with --compare a comma list. None: pathwise, or with "
-                        "--compare pathwise,score")
+                        help="estimator spec (ppl_reparam.specs; relaxed+t=T for the discrete model); with "
+                        "--compare a comma list. None: pathwise (gaussian) or score (discrete); with --compare "
+                        + "; ".join(f"{m}: {DEFAULT_ESTIMATORS[m, True]}" for m in MODELS))
+    parser.add_argument("--objective", choices=("elbo", "iwae"), default="elbo",
+                        help="iwae: --estimator takes pathwise, score, vimco or dreg and means iwae[-vimco|-dreg]:K")
+    parser.add_argument("--k", type=_at_least(2), default=None, help="IWAE samples K with --objective iwae (default 5)")
     parser.add_argument("--compare", action="store_true",
                         help="one model per estimator from the same initial weights; measure every estimator on each")
+    parser.add_argument("--measure-on", default=None,
+                        help="comma list of trained estimators whose parameters are measured (default: every run)")
     parser.add_argument("--analytic-kl", action="store_true",
-                        help="closed-form KL (estimator B) instead of Monte Carlo (A)")
+                        help="closed-form KL (estimator B) instead of Monte Carlo (A): +akl on every spec")
     parser.add_argument("--epochs", type=_at_least(1), default=VAEConfig.epochs, help="passes over the data")
     parser.add_argument("--batch-size", type=_at_least(1), default=VAEConfig.batch_size, help="minibatch size")
-    parser.add_argument("--latent-dim", type=_at_least(1), default=VAEConfig.latent_dim, help="size of z")
+    parser.add_argument("--latent-dim", type=_at_least(1), default=None,
+                        help="size of z; None: " + ", ".join(f"{v} ({m})" for m, v in DEFAULT_LATENT_DIM.items()))
     parser.add_argument("--hidden", type=_int_list, default=",".join(map(str, VAEConfig.hidden)),
                         help="hidden layer sizes, comma-separated (encoder order; the decoder mirrors them)")
     parser.add_argument("--lr", type=float, default=VAEConfig.lr, help="Adam learning rate")
-    parser.add_argument("--num-particles", type=_at_least(1), default=VAEConfig.num_particles,
-                        help="samples per gradient estimate")
+    parser.add_argument("--num-particles", type=_at_least(1), default=None,
+                        help="samples per gradient estimate for specs without ':K' (an error with one that has it)")
     parser.add_argument("--data", default=VAEConfig.data, help="digits, or a path to an MNIST IDX or .npz file")
     parser.add_argument("--seed", type=int, default=VAEConfig.seed,
                         help="seeds the split, the initial weights and every random stream")
@@ -263,7 +498,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--variance-every", type=_at_least(1), default=VAEConfig.variance_every,
                         help="epochs between variance measurements (also at epoch 0 and the last)")
     parser.add_argument("--test-particles", type=_at_least(2), default=VAEConfig.test_particles,
-                        help="pathwise particles per test image for the test ELBO")
+                        help="particles per test image for the test ELBO")
     parser.add_argument("--dynamic-binarization", action="store_true",
                         help="draw fresh Bernoulli training pixels every epoch")
     parser.add_argument("--threads", type=_at_least(1), default=1,

@@ -67,3 +67,26 @@ def test_usage_errors_from_argparse(capsys):
 def test_console_script_help():
     result = subprocess.run([sys.executable, "-m", "ppl_reparam.cli", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "toy" in result.stdout
+
+
+HEAVY = ("torch", "jax", "pyro", "numpyro", "matplotlib")
+
+
+@pytest.mark.parametrize("args", [["--help"], ["toy", "--help"], ["vae", "--help"], ["compare", "--help"],
+                                  ["families", "--help"]])
+def test_help_does_not_import_torch_or_jax(args):
+    """In a fresh interpreter: building the parser and printing help loads none of the heavy
+    frameworks (each subcommand imports them inside its run)."""
+    code = (
+        "import sys\n"
+        "from ppl_reparam.cli import main\n"
+        "try:\n"
+        f"    main({args!r})\n"
+        "except SystemExit as e:\n"
+        "    assert e.code == 0, e.code\n"
+        f"print('LOADED', sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "LOADED []"
+    assert "usage: ppl-reparam" in result.stdout

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 from dataclasses import replace
 from statistics import NormalDist
@@ -25,10 +26,11 @@ from ppl_reparam.pyro.training import (
     _build_runs,
     evaluate_elbo,
     load_checkpoint,
-    make_elbo,
+    make_run_elbo,
     measure_estimators,
     train_vae,
 )
+from ppl_reparam.specs import parse_spec
 from ppl_reparam.stats import (
     GradientStats,
     GroupStats,
@@ -41,7 +43,7 @@ from ppl_reparam.stats import (
     variance_ratio,
     variance_ratio_ci,
 )
-from ppl_reparam.vae import VAEConfig
+from ppl_reparam.vae import VAEConfig, config_from_args
 
 TINY = VAEConfig(
     estimators=("pathwise", "score"), compare=True, epochs=2, hidden=(16,), latent_dim=4,
@@ -84,7 +86,7 @@ def test_plate_scales_a_minibatch_to_the_full_data(digits):
     (same random numbers: same seed)."""
     model, guide = make_vae(hidden=(16,), latent_dim=4)
     x = torch.from_numpy(digits.train[:10])
-    elbo = make_elbo("pathwise", num_particles=5)
+    elbo = make_run_elbo("pathwise:5")
     with torch.no_grad():
         pyro.set_rng_seed(0)
         scaled, _ = elbo.particle_losses(model, guide, x, num_data=100)
@@ -100,7 +102,7 @@ def test_short_training_improves_the_test_elbo(digits):
     that would happen with probability below 3e-7."""
     pyro.set_rng_seed(0)
     model, guide = make_vae()
-    run = TrainingRun("pathwise", model, guide, make_elbo("pathwise"), lr=1e-3, seed=0)
+    run = TrainingRun("pathwise", model, guide, make_run_elbo("pathwise"), lr=1e-3, seed=0)
     x_test = torch.from_numpy(digits.test)
     with run.active():
         before, se_before = evaluate_elbo(model, guide, x_test, num_particles=50, seed=1)
@@ -130,8 +132,9 @@ def _params(result):
 
 
 def _timeless(rows):
-    """Rows without wall times, as reprs (floats print exactly, NaN equals NaN)."""
-    return [repr({k: v for k, v in row.items() if k != "seconds"}) for row in rows]
+    """Rows without wall times (seconds, and the work-normalized variance), as reprs (floats print
+    exactly, NaN equals NaN)."""
+    return [repr({k: v for k, v in row.items() if "seconds" not in k}) for row in rows]
 
 
 def _assert_same(a, b):
@@ -204,7 +207,7 @@ def test_measure_estimators_on_the_vae(digits):
     mean differs beyond the Bonferroni bound at family-wise level 0.001."""
     pyro.set_rng_seed(0)
     model, guide = make_vae(hidden=(16,), latent_dim=4)
-    run = TrainingRun("pathwise", model, guide, make_elbo("pathwise"), lr=1e-3, seed=0)
+    run = TrainingRun("pathwise", model, guide, make_run_elbo("pathwise"), lr=1e-3, seed=0)
     x = torch.from_numpy(digits.train[:100])
     rows, comparisons = measure_estimators(
         run, ["pathwise", "score"], x, len(digits.train), num_reps=60, seed=0, confidence=0.999
@@ -228,7 +231,7 @@ def test_cli_end_to_end(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "test ELBO by PathwiseELBO with 10 particles" in printed and "ratio" in printed
     names = {"history.csv", "variance.csv", "comparison.csv", "results.json", "elbo.png", "variance.png",
-             "images.png", CHECKPOINT}
+             "summary.png", "images.png", CHECKPOINT}
     assert {p.name for p in out.iterdir()} == names
     with open(out / "history.csv") as f:
         history = list(csv.DictReader(f))
@@ -249,7 +252,7 @@ def test_cli_end_to_end(tmp_path, capsys):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--estimator", "reinforce"], "estimators ['reinforce']"),
+        (["--estimator", "reinforce"], "unknown base 'reinforce'"),
         (["--estimator", "pathwise,score"], "need --compare"),
         (["--data", "no/such/file.idx"], "no such file"),
         (["--resume"], "no checkpoint"),
@@ -268,6 +271,100 @@ def test_cli_argparse_errors(tmp_path, capsys, extra):
         cli.main(["vae", "--out", str(tmp_path), *extra])
     assert exit_info.value.code == 2
     assert "error" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ estimator specs in the VAE
+def _config(*args):
+    """The VAEConfig the `vae` command builds from ``args``."""
+    parser = cli.build_parser()
+    return config_from_args(parser.parse_args(["vae", *args]))
+
+
+def test_issue_form_objective_iwae_k_estimator_dreg():
+    """`--objective iwae --k 5 --estimator dreg` is the spec iwae-dreg:5 (canonical form "iwae-dreg":
+    K = 5 is the IWAE bases' default)."""
+    config = _config("--objective", "iwae", "--k", "5", "--estimator", "dreg")
+    assert [parse_spec(e) for e in config.estimators] == [parse_spec("iwae-dreg:5")]
+    assert config.estimators == ("iwae-dreg",)
+
+
+@pytest.mark.parametrize(
+    "args, estimators",
+    [
+        (["--objective", "iwae", "--estimator", "pathwise,dreg", "--compare"], ("iwae", "iwae-dreg")),
+        (["--objective", "iwae", "--k", "8", "--estimator", "pathwise,score", "--compare"],
+         ("iwae:8", "iwae-vimco:8")),
+        (["--estimator", "score,score+rloo", "--num-particles", "4", "--compare"], ("score:4", "score+rloo:4")),
+        (["--estimator", "score+rloo:4,pathwise+stl", "--compare"], ("score+rloo:4", "pathwise+stl")),
+        (["--estimator", "pathwise,score", "--compare", "--analytic-kl"], ("pathwise+akl", "score+akl")),
+        (["--compare"], ("pathwise", "score")),
+        (["--model", "discrete"], ("score",)),
+        (["--model", "discrete", "--objective", "iwae", "--k", "4"], ("iwae-vimco:4",)),
+    ],
+)
+def test_estimator_options_resolve_to_specs(args, estimators):
+    """A spec's own ':K' is its particle count; --num-particles fills in specs without one."""
+    assert _config(*args).estimators == estimators
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--estimator", "score+rloo:4", "--num-particles", "4"], "drop --num-particles or the ':K'"),
+        (["--objective", "iwae", "--num-particles", "5"], "from --k, not --num-particles"),
+        (["--k", "5"], "give it with --objective iwae"),
+        (["--objective", "iwae", "--estimator", "rloo"], "choose from pathwise, score, vimco, dreg"),
+        (["--objective", "iwae", "--analytic-kl"], "not to --objective iwae"),
+        (["--estimator", "iwae-dreg:5", "--analytic-kl"], "applies to score and pathwise specs"),
+        (["--objective", "iwae", "--estimator", "score,vimco", "--compare"], "each at most once"),  # both VIMCO
+    ],
+)
+def test_contradictory_estimator_options(args, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        _config(*args)
+
+
+def test_checkpoints_of_earlier_versions_fold_their_options_into_specs():
+    """Before specs, checkpoints stored num_particles and analytic_kl apart, and no model."""
+    old = {**{k: v for k, v in TINY.key().items() if k not in ("model", "measure_on")},
+           "estimators": ("pathwise", "score"), "num_particles": 4, "analytic_kl": True}
+    key = VAEConfig.key_of_checkpoint(old)
+    assert key["estimators"] == ("pathwise+akl:4", "score+akl:4") and key["model"] == "gaussian"
+    assert VAEConfig(**key).key() == key
+    assert VAEConfig.key_of_checkpoint({**old, "num_particles": 1, "analytic_kl": False}) == TINY.key()
+
+
+def test_specs_train_and_resume_equals_uninterrupted(tmp_path):
+    """score+rloo:4 and iwae-dreg:5 (and IWAE with VIMCO) train on the tiny VAE, runs named by
+    their specs; the resumed run equals the uninterrupted one bitwise."""
+    config = replace(TINY, estimators=("score+rloo:4", "iwae-dreg:5", "iwae-vimco:3"))
+    full = train_vae(config, tmp_path / "full")
+    assert [r.name for r in full.runs] == ["score+rloo:4", "iwae-dreg", "iwae-vimco:3"]
+    assert all(np.isfinite(h["train_elbo"]) for h in full.history if h["epoch"] > 0)
+    train_vae(replace(config, epochs=1), tmp_path / "split")
+    _assert_same(full, train_vae(config, tmp_path / "split", resume=True))
+
+
+def test_every_spec_is_compared_with_pathwise(digits):
+    """With pathwise measured, every other spec gets a ratio row against it, flagged by whether it
+    estimates the same objective's gradient; per-sample ratios scale the estimate's variance by the
+    particles (rloo:4 over pathwise:1)."""
+    pyro.set_rng_seed(0)
+    model, guide = make_vae(hidden=(16,), latent_dim=4)
+    run = TrainingRun("pathwise", model, guide, make_run_elbo("pathwise"), lr=1e-3, seed=0)
+    x = torch.from_numpy(digits.train[:50])
+    rows, comparisons = measure_estimators(
+        run, ["pathwise", "score+rloo:4", "pathwise+stl", "iwae-dreg:3"], x, len(digits.train), num_reps=6, seed=0
+    )
+    flags = {(c["measured"], c["group"]): c["same_objective"] for c in comparisons}
+    assert flags == {(m, g): m != "iwae-dreg:3" for m in ("score+rloo:4", "pathwise+stl", "iwae-dreg:3")
+                     for g in ("encoder", "decoder")}
+    assert {c["reference"] for c in comparisons} == {"pathwise"}
+    by = {(r["measured"], r["group"]): r for r in rows}
+    rloo, ref = by["score+rloo:4", "encoder"], by["pathwise", "encoder"]
+    ratio = next(c for c in comparisons if (c["measured"], c["group"]) == ("score+rloo:4", "encoder"))
+    assert ratio["variance_ratio"] == pytest.approx(4 * rloo["total_variance"] / ref["total_variance"], rel=1e-9)
+    assert rloo["per_sample_variance"] == pytest.approx(4 * rloo["total_variance"])
 
 
 def test_resume_refuses_other_settings(tmp_path):

@@ -52,10 +52,8 @@ discrete distribution itself (Bernoulli, OneHotCategorical).
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -64,7 +62,8 @@ import torch
 from scipy import integrate
 from scipy.special import expit
 
-from ..report import atomic_write_text, markdown_table, write_csv, write_json
+from ..families_cli import DEFAULT_SAMPLES
+from ..report import markdown_table
 from ..stats import MIN_REPS, ParamStats
 from .mc_gradients import DistBuilder, Function, pathwise_jacobians, score_function_jacobians
 
@@ -72,7 +71,6 @@ TARGET = 0.45
 """The target ``t`` of the relaxations' cost ``(b - t)^2`` (Tucker et al., REBAR, 2017)."""
 TEMPERATURE = 0.5
 """The fixed temperature of the RelaxedOneHotCategorical rows and the straight-through rows."""
-DEFAULT_SAMPLES = 100_000
 
 
 def rebar_cost(x: Any) -> Any:
@@ -344,32 +342,3 @@ def summary_table(rows: Sequence[dict[str, Any]]) -> str:
             for r in rows
         ]
     )
-
-
-def run(args: argparse.Namespace) -> None:
-    rows = family_table(args.samples, args.seed)
-    header = (f"Gradient of E[f(x)] per family: {args.samples} per-sample gradients of each estimator, seed "
-              f"{args.seed}; mean ± standard error, per-sample variance with Bonett's 95% interval.")
-    table = summary_table(rows)
-    print(header)
-    print(table)
-    out = Path(args.out)
-    files = [
-        write_csv(rows, out / "families.csv"),
-        write_json({"samples": args.samples, "seed": args.seed, "rows": rows}, out / "families.json"),
-        atomic_write_text(out / "families.md", f"{header}\n\n{table}\n"),
-    ]
-    print("wrote " + ", ".join(str(f) for f in files))
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "families",
-        help="per distribution family: pathwise and score-function gradients of a closed-form expectation",
-        description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help="per-sample gradients per estimator")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="results", help="folder for families.csv, families.json, families.md")
-    parser.set_defaults(func=run)

@@ -1,29 +1,32 @@
 r"""Minibatch SVI training of amortized models, with checkpoints that resume bit for bit.
 
-A :class:`TrainingRun` is one model/guide pair trained by Pyro's ``SVI`` with Adam and one of this
-package's ELBOs. It owns its parameters (a Pyro param-store scope, so several runs with the same
-parameter names live in one process), its optimizer state and its own random streams (a torch RNG
-state for the ELBO's samples; a NumPy ``Generator`` for shuffling and dynamic binarization).
-Its :meth:`~TrainingRun.state_dict` holds all of them, so a run restored from it continues exactly
-as the uninterrupted run would have. Models and guides take ``(x, num_data=N)`` with a plate built
-by :func:`~ppl_reparam.pyro.guides.data_plate`, so each step's loss estimates the full-data -ELBO
-(Hoffman, Blei, Wang and Paisley, "Stochastic Variational Inference", JMLR 2013).
+A :class:`TrainingRun` is one model/guide pair trained by Pyro's ``SVI`` with Adam and one ELBO
+(an estimator spec's, :func:`make_run_elbo`). It owns its parameters (a Pyro param-store scope, so
+several runs with the same parameter names live in one process), its optimizer state, the state of
+its ELBO's baseline (moving averages, a learned baseline's network and optimizer) and its own random
+streams (a torch RNG state for the ELBO's samples; a NumPy ``Generator`` for shuffling and dynamic
+binarization). Its :meth:`~TrainingRun.state_dict` holds all of them, so a run restored from it
+continues exactly as the uninterrupted run would have. Models and guides take ``(x, num_data=N)``
+with a plate built by :func:`~ppl_reparam.pyro.guides.data_plate`, so each step's loss estimates
+the full-data -ELBO (Hoffman, Blei, Wang and Paisley, "Stochastic Variational Inference", JMLR 2013).
 
-:func:`evaluate_elbo` estimates the ELBO per datum with many particles (pathwise, vectorized), with
-a standard error over particles. :func:`save_checkpoint` writes atomically.
+:func:`evaluate_elbo` estimates the ELBO per datum with many particles, with a standard error over
+particles. :func:`save_checkpoint` writes atomically.
 
 :func:`measure_estimators` measures every estimator's gradient on one run's current parameters,
 aggregated over the encoder's and the decoder's parameters (:mod:`ppl_reparam.stats`), and
-:func:`train_vae` is the ``ppl-reparam vae`` study: one run per estimator from the same initial
-weights, test ELBOs every epoch, those measurements at fixed epochs, a checkpoint every epoch.
+:func:`train_vae` is the ``ppl-reparam vae`` study (Gaussian or discrete latents): one run per
+estimator spec from the same initial weights, test ELBOs every epoch, those measurements at fixed
+epochs, a checkpoint every epoch.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,55 +36,95 @@ import numpy as np
 import pyro
 import torch
 from pyro.distributions import constraints
-from pyro.infer import SVI
+from pyro.infer import ELBO, SVI
 from pyro.optim import Adam
 from tqdm.auto import tqdm
 
 from ..data import binarize, load_dataset, minibatches
+from ..models.discrete_vae import AmortizedBernoulli, make_discrete_vae, relaxation
 from ..models.vae import make_vae
 from ..report import atomic_write_bytes
+from ..specs import EstimatorSpec
 from ..stats import GroupStats, MeanAgreement, variance_ratio
-from .elbo import PathwiseELBO, ScoreFunctionELBO, _EstimatorELBO
-from .handlers import check_estimator
+from ..vae import RelaxedSpec, RunSpec, objective_of, parse_run_spec
+from .baselines import LearnedBaseline, MovingAverageBaseline
+from .elbo import ScoreFunctionELBO
+from .specs import make_elbo
 from .variance import _isolated_rng, gradient_variance
 
 if TYPE_CHECKING:
     from ..vae import VAEConfig
 
-ELBOS: dict[str, type[_EstimatorELBO]] = {"pathwise": PathwiseELBO, "score": ScoreFunctionELBO}
 MAX_ELEMENTS = 2**23
 """Most elements (particles x rows x pixels) in one vectorized evaluation pass."""
 CHECKPOINT = "checkpoint.pt"
 IMAGES = 10
 """Test images shown, with their reconstructions and as many prior samples."""
+MAX_PLATE_NESTING = 1
+"""The VAEs have one plate, over the data."""
+MODELS: dict[str, Callable[..., tuple[Any, Any]]] = {"gaussian": make_vae, "discrete": make_discrete_vae}
 
 
-def make_elbo(estimator: str, num_particles: int = 1, analytic_kl: bool = False) -> _EstimatorELBO:
-    """The ELBO forcing ``estimator`` on every guide latent, for models with one plate (the data);
-    particles are vectorized when there are several."""
-    check_estimator(estimator)
-    return ELBOS[estimator](
-        num_particles=num_particles,
-        vectorize_particles=num_particles > 1,
-        max_plate_nesting=1,
-        analytic_kl=analytic_kl,
-    )
+def batch_features(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    """A learned baseline's features for the VAEs: the minibatch ``x`` itself, one row per datum."""
+    return x
+
+
+def make_run_elbo(spec: RunSpec | str, features: Callable[..., torch.Tensor] | None = batch_features) -> ELBO:
+    """The training ELBO of an estimator spec for models with one plate (the data):
+    :func:`ppl_reparam.pyro.specs.make_elbo` with ``max_plate_nesting=1``, except that ``learned``
+    baselines get a network of ``features`` (default: the batch ``x``; None: a learned constant) and
+    ``relaxed+t=T:K`` is the pathwise ELBO with K particles (the model's temperature is set apart,
+    :func:`temperature_of`)."""
+    spec = parse_run_spec(spec) if isinstance(spec, str) else spec
+    if isinstance(spec, RelaxedSpec):
+        return make_elbo(EstimatorSpec("pathwise", spec.particles), max_plate_nesting=MAX_PLATE_NESTING)
+    if spec.baseline == "learned" and features is not None:
+        return ScoreFunctionELBO(
+            num_particles=spec.particles,
+            vectorize_particles=True,
+            max_plate_nesting=MAX_PLATE_NESTING,
+            analytic_kl=spec.analytic_kl,
+            baseline=LearnedBaseline(features),
+        )
+    return make_elbo(spec, max_plate_nesting=MAX_PLATE_NESTING)
+
+
+def temperature_of(spec: RunSpec | str) -> float | None:
+    """The relaxation temperature a spec trains at; None for the discrete (or Gaussian) model."""
+    spec = parse_run_spec(spec) if isinstance(spec, str) else spec
+    return spec.temperature if isinstance(spec, RelaxedSpec) else None
+
+
+def build_model(
+    kind: str, input_dim: int, hidden: Sequence[int], latent_dim: int, temperature: float | None = None
+) -> tuple[Any, Any]:
+    """A fresh ``(model, guide)`` of kind ``"gaussian"`` or ``"discrete"`` (weights from torch's RNG)."""
+    if kind not in MODELS:
+        raise ValueError(f"unknown model {kind!r}; choose from {', '.join(MODELS)}")
+    if kind == "discrete":
+        return make_discrete_vae(input_dim, hidden, latent_dim, temperature)
+    if temperature is not None:
+        raise ValueError("the Gaussian VAE has no discrete latent to relax")
+    return make_vae(input_dim, hidden, latent_dim)
 
 
 def evaluate_elbo(
-    model: Callable, guide: Callable, x: torch.Tensor, num_particles: int = 100, seed: int = 0
+    model: Callable, guide: Callable, x: torch.Tensor, num_particles: int = 100, seed: int = 0,
+    estimator: str = "pathwise",
 ) -> tuple[float, float]:
-    r"""ELBO per datum of ``x`` and its standard error, from ``num_particles`` pathwise particles.
+    r"""ELBO per datum of ``x`` and its standard error, from ``num_particles`` particles.
 
     Each particle ``p`` draws an independent :math:`z_i \sim q(z \mid x_i)` for every row and gives
     :math:`E_p = \frac1n \sum_i [\log p(x_i, z_i) - \log q(z_i \mid x_i)]`; the estimate is the mean
     of the :math:`E_p` and its standard error :math:`\mathrm{sd}(E_p)/\sqrt{P}` (particles are
-    i.i.d.; the rows are fixed). Rows are evaluated in chunks of at most :data:`MAX_ELEMENTS`
-    elements. Seeded by ``seed`` without touching the caller's RNG state.
+    i.i.d.; the rows are fixed). Only the value is used, so ``estimator`` matters only in that it must
+    apply: ``"score"`` for guides without ``rsample`` (the discrete VAE). Rows are evaluated in chunks
+    of at most :data:`MAX_ELEMENTS` elements. Seeded by ``seed`` without touching the caller's RNG state.
     """
     if num_particles < 2:
         raise ValueError(f"num_particles must be at least 2 for a standard error, got {num_particles}")
-    elbo = make_elbo("pathwise", num_particles)
+    elbo = make_elbo(EstimatorSpec(estimator, num_particles), max_plate_nesting=MAX_PLATE_NESTING)
     rows = max(1, MAX_ELEMENTS // (num_particles * int(np.prod(x.shape[1:]))))
     per_particle = torch.zeros(num_particles, dtype=torch.float64)
     with _isolated_rng(seed), torch.no_grad():
@@ -112,7 +155,9 @@ class TrainingRun:
     :param name: a label (e.g. the estimator's name), used in checkpoints.
     :param model, guide: Pyro callables taking ``(x, num_data=...)``; ``PyroModule`` instances keep
         their parameters in this run's param-store scope.
-    :param elbo: the training ELBO, e.g. :func:`make_elbo`.
+    :param elbo: the training ELBO, e.g. :func:`make_run_elbo`; the state of its baseline, if any
+        (:class:`~ppl_reparam.pyro.MovingAverageBaseline`, :class:`~ppl_reparam.pyro.LearnedBaseline`),
+        is part of the run's :meth:`state_dict`.
     :param lr: Adam's learning rate (Kingma and Ba 2015).
     :param seed: seeds the run's torch and NumPy streams.
 
@@ -120,7 +165,7 @@ class TrainingRun:
     ``model`` and ``guide`` under the same seed to start several runs from the same weights.
     """
 
-    def __init__(self, name: str, model: Callable, guide: Callable, elbo: _EstimatorELBO, lr: float, seed: int):
+    def __init__(self, name: str, model: Callable, guide: Callable, elbo: ELBO, lr: float, seed: int):
         if not lr > 0:
             raise ValueError(f"the learning rate must be positive, got {lr}")
         self.name = name
@@ -161,8 +206,8 @@ class TrainingRun:
         return -loss / n
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue: parameters, Adam state, RNG states, epoch, history.
-        Parameters must be unconstrained (as ``nn.Module`` weights are)."""
+        """Everything needed to continue: parameters, Adam state, the baseline's state, RNG states,
+        epoch, history. Parameters must be unconstrained (as ``nn.Module`` weights are)."""
         with self.active():
             optim_state = self.optim.get_state()
         for name, constraint in self.scope["constraints"].items():
@@ -172,6 +217,7 @@ class TrainingRun:
             "name": self.name,
             "params": {k: v.detach().clone() for k, v in self.scope["params"].items()},
             "optim": optim_state,
+            "baseline": baseline_state(self.elbo),
             "torch_rng": self.torch_rng.clone(),
             "data_rng": self.data_rng.bit_generator.state,
             "epoch": self.epoch,
@@ -194,10 +240,47 @@ class TrainingRun:
                         params[name] = param
         self.scope = {"params": params, "constraints": {k: constraints.real for k in params}}
         self.optim.set_state(state["optim"])
+        load_baseline_state(self.elbo, state.get("baseline"))
         self.torch_rng = state["torch_rng"].clone()
         self.data_rng.bit_generator.state = state["data_rng"]
         self.epoch = state["epoch"]
         self.history = [dict(h) for h in state["history"]]
+
+
+def baseline_state(elbo: ELBO) -> dict[str, Any] | None:
+    """The learned state of ``elbo``'s baseline, as tensors and plain values (None if it has none):
+    a moving average's averages; a learned baseline's networks and their Adam states, per site."""
+    baseline = getattr(elbo, "baseline", None)
+    if isinstance(baseline, MovingAverageBaseline):
+        return {"averages": {site: v.detach().clone() for site, v in baseline.averages.items()}}
+    if isinstance(baseline, LearnedBaseline):
+        return {
+            "nets": {site: {k: v.detach().clone() for k, v in net.state_dict().items()}
+                     for site, net in baseline.nets.items()},
+            "optimizers": {site: opt.state_dict() for site, opt in baseline.optimizers.items()},
+        }
+    return None
+
+
+def load_baseline_state(elbo: ELBO, state: dict[str, Any] | None) -> None:
+    """Restore :func:`baseline_state` into ``elbo``'s (fresh) baseline of the same kind."""
+    if state is None:
+        return
+    baseline = getattr(elbo, "baseline", None)
+    if "averages" in state and isinstance(baseline, MovingAverageBaseline):
+        baseline.averages = {site: v.clone() for site, v in state["averages"].items()}
+    elif "nets" in state and isinstance(baseline, LearnedBaseline):
+        for site, net_state in state["nets"].items():
+            # build the site's network as the baseline would (its input width from the saved weights),
+            # off the global RNG, then overwrite its weights and its optimizer's state
+            width = net_state["0.weight"].shape[-1] if "0.weight" in net_state else None
+            args = () if width is None or baseline.features is None else (torch.zeros(1, width),)
+            with torch.random.fork_rng(devices=[]):
+                net, _ = baseline._net(site, args, {})
+            net.load_state_dict(net_state)
+            baseline.optimizers[site].load_state_dict(state["optimizers"][site])
+    else:
+        raise ValueError(f"checkpoint: baseline state {sorted(state)} does not fit the ELBO's baseline {baseline!r}")
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
@@ -224,64 +307,70 @@ def _seed(*keys: int) -> int:
     return int(np.random.SeedSequence(list(keys)).generate_state(1)[0])
 
 
-def measure_estimators(
-    run: TrainingRun,
-    estimators: Sequence[str],
-    x: torch.Tensor,
-    num_data: int,
-    *,
-    num_reps: int,
-    seed: int,
-    num_particles: int = 1,
-    analytic_kl: bool = False,
-    confidence: float = 0.95,
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Gradient variance of every estimator in ``estimators`` at ``run``'s current parameters.
-
-    Each estimator gets :func:`~ppl_reparam.pyro.gradient_variance` with ``num_reps`` repetitions on
-    the fixed batch ``x`` (so the spread is the estimator's alone, not minibatch noise), under its
-    own seed (independent draws); intervals at level ``confidence``. Returns ``(rows, comparisons)``:
-    a row per estimator and group
-    (:class:`~ppl_reparam.stats.GroupStats`), and, when both are measured, a row per group with the
-    score-over-pathwise total-variance ratio (:func:`~ppl_reparam.stats.variance_ratio`) and the
-    agreement of their means (:class:`~ppl_reparam.stats.MeanAgreement`).
-    """
-    stats = {}
-    with run.active():
-        for j, estimator in enumerate(estimators):
-            elbo = make_elbo(estimator, num_particles, analytic_kl)
-            stats[estimator] = gradient_variance(
-                elbo, run.model, run.guide, x, num_reps=num_reps, seed=_seed(seed, j), num_data=num_data
-            )
-    groups = {g: [n for n in next(iter(stats.values())) if n.split(".")[0] == g] for g in GROUPS}
+def group_rows(
+    stats: Mapping[str, Any], groups: Mapping[str, Sequence[str]], particles: int, confidence: float, seed: int
+) -> list[dict[str, Any]]:
+    """One row per parameter group of a :class:`~ppl_reparam.stats.GradientStats` measurement:
+    total variance of the estimate with its interval, per-sample variance (x ``particles``) with its
+    interval, mean SNR, seconds per estimate and the work-normalized variance (variance x seconds)."""
     rows = []
-    for estimator, measured in stats.items():
+    per_estimate = stats.seconds / stats.num_reps
+    for group, names in groups.items():
+        g = GroupStats.from_stats(stats, names, confidence, seed=seed)
+        rows.append(
+            {
+                "group": group,
+                "particles": particles,
+                "total_variance": g.total_variance,
+                "ci_low": g.total_variance_ci[0],
+                "ci_high": g.total_variance_ci[1],
+                "per_sample_variance": g.total_variance * particles,
+                "per_sample_ci_low": g.total_variance_ci[0] * particles,
+                "per_sample_ci_high": g.total_variance_ci[1] * particles,
+                "mean_snr": g.mean_snr,
+                "elements": g.num_elements,
+                "reps": g.num_reps,
+                "seconds": stats.seconds,
+                "seconds_per_estimate": per_estimate,
+                "variance_x_seconds": g.total_variance * per_estimate,
+            }
+        )
+    return rows
+
+
+def reference_of(names: Sequence[str]) -> str | None:
+    """The estimator others are compared with: ``pathwise`` if measured, else ``score``, else None."""
+    return next((r for r in ("pathwise", "score") if r in names), None)
+
+
+def comparison_rows(
+    stats: Mapping[str, Any], specs: Mapping[str, RunSpec], groups: Mapping[str, Sequence[str]],
+    confidence: float, seed: int,
+) -> list[dict[str, Any]]:
+    """Every measured spec against the reference (:func:`reference_of`), per group: the ratio of
+    per-sample total variances (variance x particles) with its bootstrap-t interval
+    (:func:`~ppl_reparam.stats.variance_ratio`), whether the two estimate the same objective's
+    gradient, and the agreement of their means (:class:`~ppl_reparam.stats.MeanAgreement`)."""
+    reference = reference_of(list(stats))
+    rows = []
+    if reference is None:
+        return rows
+    for name, measured in stats.items():
+        if name == reference:
+            continue
+        scale = specs[name].particles / specs[reference].particles
         for group, names in groups.items():
-            g = GroupStats.from_stats(measured, names, confidence, seed=seed)
+            ratio, (low, high) = variance_ratio(measured, stats[reference], names, confidence, seed=seed)
+            agreement = MeanAgreement.from_stats(measured, stats[reference], names, confidence)
             rows.append(
                 {
-                    "measured": estimator,
+                    "measured": name,
+                    "reference": reference,
                     "group": group,
-                    "total_variance": g.total_variance,
-                    "ci_low": g.total_variance_ci[0],
-                    "ci_high": g.total_variance_ci[1],
-                    "mean_snr": g.mean_snr,
-                    "elements": g.num_elements,
-                    "reps": g.num_reps,
-                    "seconds": measured.seconds,
-                }
-            )
-    comparisons = []
-    if {"score", "pathwise"} <= stats.keys():
-        for group, names in groups.items():
-            ratio, (low, high) = variance_ratio(stats["score"], stats["pathwise"], names, confidence, seed=seed)
-            agreement = MeanAgreement.from_stats(stats["score"], stats["pathwise"], names, confidence)
-            comparisons.append(
-                {
-                    "group": group,
-                    "variance_ratio": ratio,
-                    "ratio_ci_low": low,
-                    "ratio_ci_high": high,
+                    "variance_ratio": ratio * scale,
+                    "ratio_ci_low": low * scale,
+                    "ratio_ci_high": high * scale,
+                    "same_objective": objective_of(specs[name]) == objective_of(specs[reference]),
                     "means_mean_z2": agreement.mean_z2,
                     "means_fraction_outside": agreement.fraction_outside,
                     "means_max_abs_z": agreement.max_abs_z,
@@ -290,13 +379,54 @@ def measure_estimators(
                     "elements": agreement.num_elements,
                 }
             )
-    return rows, comparisons
+    return rows
+
+
+def measure_estimators(
+    run: TrainingRun,
+    estimators: Sequence[RunSpec | str],
+    x: torch.Tensor,
+    num_data: int,
+    *,
+    num_reps: int,
+    seed: int,
+    confidence: float = 0.95,
+    elbos: Mapping[str, ELBO] | None = None,
+    method: str = "auto",
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Gradient variance of every estimator spec in ``estimators`` at ``run``'s current parameters.
+
+    Each spec gets :func:`~ppl_reparam.pyro.gradient_variance` (``method``) with ``num_reps``
+    repetitions on the fixed batch ``x`` (so the spread is the estimator's alone, not minibatch noise),
+    under its own seed (independent draws), with the model and guide at the spec's relaxation
+    temperature (:func:`temperature_of`); intervals at level ``confidence``. ``elbos`` maps spec names
+    to ELBOs to measure with instead of fresh ones (:func:`make_run_elbo`): a trained run's, whose
+    baseline has learned. Returns ``(rows, comparisons)``: a row per spec and group
+    (:func:`group_rows`, with ``measured``), and :func:`comparison_rows`.
+    """
+    specs = {str(s): s for s in (parse_run_spec(e) if isinstance(e, str) else e for e in estimators)}
+    stats = {}
+    with run.active():
+        for j, (name, spec) in enumerate(specs.items()):
+            elbo = (elbos or {}).get(name) or make_run_elbo(spec)
+            with relaxation(run.model, run.guide, temperature_of(spec)):
+                stats[name] = gradient_variance(
+                    elbo, run.model, run.guide, x, num_reps=num_reps, seed=_seed(seed, j), method=method,
+                    num_data=num_data,
+                )
+    groups = {g: [n for n in next(iter(stats.values())) if n.split(".")[0] == g] for g in GROUPS}
+    rows = [
+        {"measured": name, **row}
+        for name, measured in stats.items()
+        for row in group_rows(measured, groups, specs[name].particles, confidence, seed)
+    ]
+    return rows, comparison_rows(stats, specs, groups, confidence, seed)
 
 
 @dataclass
 class VAEResult:
     """What :func:`train_vae` produced: one history row per run and epoch, the gradient-variance
-    rows and score/pathwise comparisons per measured epoch, image rows for the figure, the runs."""
+    rows and comparisons per measured epoch, image rows for the figure, the runs."""
 
     history: list[dict[str, Any]]
     variance: list[dict[str, Any]]
@@ -308,25 +438,39 @@ class VAEResult:
 
 
 def _build_runs(config: VAEConfig, input_dim: int) -> list[TrainingRun]:
-    """One run per estimator, every one from the same initial weights (built under ``config.seed``)."""
+    """One run per estimator spec, every one from the same initial weights (built under ``config.seed``)."""
     runs = []
-    for estimator in config.estimators:
+    for spec in config.specs:
         with _isolated_rng(config.seed):
-            model, guide = make_vae(input_dim, config.hidden, config.latent_dim)
-        elbo = make_elbo(estimator, config.num_particles, config.analytic_kl)
-        runs.append(TrainingRun(estimator, model, guide, elbo, config.lr, config.seed))
+            model, guide = build_model(config.model, input_dim, config.hidden, config.latent_dim, temperature_of(spec))
+        runs.append(TrainingRun(str(spec), model, guide, make_run_elbo(spec), config.lr, config.seed))
     return runs
+
+
+def _check_specs(runs: list[TrainingRun], config: VAEConfig, x: torch.Tensor, num_data: int) -> None:
+    """Fail early, with the ELBO's own message (e.g. a pathwise spec on the discrete model names the
+    site), if a spec cannot apply: one loss of each spec (trained and measured alike) on two rows, with
+    fresh ELBOs and the RNG state left as it was."""
+    run = runs[0]
+    for spec in config.specs:
+        with run.active(), _isolated_rng(0), relaxation(run.model, run.guide, temperature_of(spec)):
+            make_run_elbo(spec).loss(run.model, run.guide, x[:2], num_data=num_data)
 
 
 def _measure(
     runs: list[TrainingRun], config: VAEConfig, x: torch.Tensor, num_data: int, epoch: int,
     variance: list[dict[str, Any]], comparison: list[dict[str, Any]],
 ) -> None:
-    """Append :func:`measure_estimators`' rows for every run at ``epoch`` to ``variance`` and ``comparison``."""
+    """Append :func:`measure_estimators`' rows at ``epoch`` for every run (or those in
+    ``config.measure_on``) to ``variance`` and ``comparison``; a spec is measured with the ELBO of
+    the run trained with it (its baseline as trained so far)."""
+    elbos = {run.name: run.elbo for run in runs}
     for i, run in enumerate(runs):
+        if config.measure_on and run.name not in config.measure_on:
+            continue
         rows, comparisons = measure_estimators(
-            run, config.estimators, x, num_data, num_reps=config.variance_reps, seed=_seed(config.seed, epoch, i),
-            num_particles=config.num_particles, analytic_kl=config.analytic_kl,
+            run, config.specs, x, num_data, num_reps=config.variance_reps, seed=_seed(config.seed, epoch, i),
+            elbos=elbos,
         )
         variance += [{"epoch": epoch, "trained_with": run.name, **r} for r in rows]
         comparison += [{"epoch": epoch, "trained_with": run.name, **c} for c in comparisons]
@@ -335,13 +479,24 @@ def _measure(
 def _evaluate(
     run: TrainingRun, x_test: torch.Tensor, config: VAEConfig, epoch: int, train_elbo: float, seconds: float
 ) -> None:
-    """Append the run's history row for ``epoch``, with its test ELBO (same seed for every run)."""
+    """Append the run's history row for ``epoch``, with its test ELBO (same seed for every run): of the
+    discrete model for the discrete VAE, whatever temperature the run trains at; relaxed runs also get
+    their own relaxed objective on the test set (same seed)."""
+    discrete = config.model == "discrete"
+    estimator = "score" if discrete else "pathwise"
+    seed = _seed(config.seed, epoch)
     with run.active():
-        test, se = evaluate_elbo(run.model, run.guide, x_test, config.test_particles, _seed(config.seed, epoch))
-    run.history.append(
-        {"epoch": epoch, "estimator": run.name, "train_elbo": train_elbo, "test_elbo": test, "test_elbo_se": se,
-         "seconds": seconds}
-    )
+        with relaxation(run.model, run.guide, None):
+            test, se = evaluate_elbo(run.model, run.guide, x_test, config.test_particles, seed, estimator)
+        row = {"epoch": epoch, "estimator": run.name, "train_elbo": train_elbo, "test_elbo": test,
+               "test_elbo_se": se}
+        if discrete:
+            relaxed = se_relaxed = math.nan
+            temperature = temperature_of(run.name)
+            if temperature is not None:
+                relaxed, se_relaxed = evaluate_elbo(run.model, run.guide, x_test, config.test_particles, seed)
+            row |= {"relaxed_test_elbo": relaxed, "relaxed_test_elbo_se": se_relaxed}
+    run.history.append(row | {"seconds": seconds})
 
 
 def _save(
@@ -353,35 +508,59 @@ def _save(
     save_checkpoint(state, path)
 
 
-def _images(runs: list[TrainingRun], x: torch.Tensor, latent_dim: int, seed: int) -> list[tuple[str, np.ndarray]]:
+def _images(
+    runs: list[TrainingRun], x: torch.Tensor, config: VAEConfig
+) -> list[tuple[str, np.ndarray]]:
     """Rows for the image grid: test images, each run's reconstructions (Bernoulli means at the
-    posterior mean), each run's prior samples (Bernoulli means at z ~ N(0, I))."""
-    with _isolated_rng(seed):
-        z = torch.randn(len(x), latent_dim)
+    posterior mean, or for binary latents at the posterior mode), each run's prior samples (Bernoulli
+    means at z from the prior; the same z for every run)."""
+    with _isolated_rng(config.seed):
+        if config.model == "discrete":
+            z = torch.bernoulli(torch.full((len(x), config.latent_dim), 0.5))
+        else:
+            z = torch.randn(len(x), config.latent_dim)
     rows = [("test images", x.numpy())]
     with torch.no_grad():
         for run in runs:
             with run.active():
-                loc, _ = run.guide.encode(x)
-                rows.append((f"reconstructed ({run.name})", torch.sigmoid(run.model.decoder(loc)).numpy()))
+                if isinstance(run.guide, AmortizedBernoulli):
+                    code = (run.guide.encode(x) > 0).to(x.dtype)
+                else:
+                    code, _ = run.guide.encode(x)
+                rows.append((f"reconstructed ({run.name})", torch.sigmoid(run.model.decoder(code)).numpy()))
         for run in runs:
             with run.active():
                 rows.append((f"prior samples ({run.name})", torch.sigmoid(run.model.decoder(z)).numpy()))
     return rows
 
 
+def _check_resume(path: Path, config: VAEConfig) -> dict[str, Any]:
+    if not path.is_file():
+        raise ValueError(f"--resume: no checkpoint {path}; run without --resume to start")
+    state = load_checkpoint(path)
+    saved = {k: v for k, v in type(config).key_of_checkpoint(state["config"]).items() if k != "epochs"}
+    wanted = {k: v for k, v in config.key().items() if k != "epochs"}
+    if saved != wanted:
+        diff = {k: (saved.get(k), v) for k, v in wanted.items() if saved.get(k) != v}
+        raise ValueError(f"--resume: {path} was made with other settings (checkpoint, now): {diff}")
+    return state
+
+
 def train_vae(
     config: VAEConfig, out: str | os.PathLike[str], resume: bool = False, progress: bool | None = None
 ) -> VAEResult:
-    """Train the digits VAE (:mod:`ppl_reparam.models.vae`) once per estimator in ``config``.
+    """Train the digits VAE of ``config.model`` (:mod:`ppl_reparam.models.vae`,
+    :mod:`ppl_reparam.models.discrete_vae`) once per estimator spec in ``config``.
 
     Epoch 0 is the untrained model. After every epoch each run's test ELBO is estimated
-    (:func:`evaluate_elbo`, ``config.test_particles`` pathwise particles, the same seed for every
-    run); at epoch 0, every ``config.variance_every`` epochs and the last, every estimator's gradient
-    variance is measured at every run's current parameters (:func:`measure_estimators`, skipped
-    when ``config.variance_reps`` is 0). A checkpoint ``out/checkpoint.pt`` is written atomically
-    after each epoch; ``resume=True`` continues from it (a ValueError if it is missing or was made
-    with other settings than ``config``, ``epochs`` aside).
+    (:func:`evaluate_elbo`, ``config.test_particles`` particles, the same seed for every run; the
+    discrete ELBO for the discrete VAE); at epoch 0, every ``config.variance_every`` epochs and the
+    last, every estimator's gradient variance is measured at the current parameters of every run (or
+    of ``config.measure_on``) (:func:`measure_estimators`, skipped when ``config.variance_reps`` is 0).
+    A checkpoint ``out/checkpoint.pt`` is written atomically after each epoch; ``resume=True``
+    continues from it (a ValueError if it is missing or was made with other settings than
+    ``config``, ``epochs`` aside). A spec that cannot apply to the model is a ValueError before any
+    training.
     """
     path = Path(out) / CHECKPOINT
     data = load_dataset(config.data, seed=config.seed)
@@ -393,18 +572,12 @@ def train_vae(
     variance: list[dict[str, Any]] = []
     comparison: list[dict[str, Any]] = []
     if resume:
-        if not path.is_file():
-            raise ValueError(f"--resume: no checkpoint {path}; run without --resume to start")
-        state = load_checkpoint(path)
-        saved = {k: v for k, v in state["config"].items() if k != "epochs"}
-        wanted = {k: v for k, v in config.key().items() if k != "epochs"}
-        if saved != wanted:
-            diff = {k: (saved.get(k), v) for k, v in wanted.items() if saved.get(k) != v}
-            raise ValueError(f"--resume: {path} was made with other settings (checkpoint, now): {diff}")
+        state = _check_resume(path, config)
         for run, run_state in zip(runs, state["runs"]):
             run.load_state_dict(run_state)
         variance, comparison = state["variance"], state["comparison"]
     else:
+        _check_specs(runs, config, x_fixed, num_data)
         for run in runs:
             _evaluate(run, x_test, config, 0, float("nan"), 0.0)
         if config.variance_reps:
@@ -426,5 +599,5 @@ def train_vae(
         _save(path, config, epoch, runs, variance, comparison)
         bar.set_postfix({f"test ELBO {r.name}": f"{r.history[-1]['test_elbo']:.2f}" for r in runs})
     history = [h for epoch in range(config.epochs + 1) for r in runs for h in r.history if h["epoch"] == epoch]
-    images = _images(runs, x_test[:IMAGES], config.latent_dim, config.seed)
+    images = _images(runs, x_test[:IMAGES], config)
     return VAEResult(history, variance, comparison, images, runs, num_data, len(x_test))

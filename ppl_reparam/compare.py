@@ -1,0 +1,313 @@
+r"""``ppl-reparam compare``: every estimator spec's gradient variance and cost on the same parameters.
+
+For one shipped model (``--model``) and a list of estimator specs (:mod:`ppl_reparam.specs`; and
+``relaxed+t=T[:K]`` for the discrete model), measure :func:`~ppl_reparam.pyro.gradient_variance` of
+each spec at the *same* parameter values, ``--reps`` independent estimates each (reverse mode, one
+estimate per pass, as in training, so that the seconds are comparable), and report per parameter
+group:
+
+- the **per-sample variance**: the total variance over the group's elements of the spec's estimate
+  times its particles (so that specs with different particle counts compare per sample drawn), with
+  a 95% bootstrap-t interval (:class:`~ppl_reparam.stats.GroupStats`);
+- the **variance x cost** (work-normalized variance): the total variance of the estimate times the
+  seconds one estimate takes; lower is better at equal computing time;
+- the mean SNR, and the ratio of each spec's per-sample variance to the reference's (``pathwise`` when
+  measured, else ``score``) with the agreement of their means (the same objective must agree; IWAE
+  bounds and relaxations are other objectives, so their disagreement is their bias w.r.t. the ELBO's
+  gradient).
+
+Models:
+
+- ``toy``: :class:`~ppl_reparam.models.toy_gaussian.ToyGaussian` at ``--theta`` (default 2): guide
+  N(theta, 1), flat prior and factor -x^2; one parameter, ``theta``.
+- ``vae``: the Gaussian VAE (:mod:`ppl_reparam.models.vae`, 64-128-8), ``decoder`` and ``encoder`` groups;
+- ``discrete``: the VAE with 16 Bernoulli latent bits (:mod:`ppl_reparam.models.discrete_vae`);
+
+both at their initial weights seeded by ``--seed`` (those ``ppl-reparam vae --seed`` starts from), or
+at a ``ppl-reparam vae`` run's weights with ``--checkpoint DIR/checkpoint.pt [--run SPEC]``, on the
+fixed batch of the first ``--batch-size`` training digits (the plate scaled to the training set).
+
+A spec with a stateful baseline (``ma``, ``learned``, the latter a network of the batch ``x`` for the
+VAEs) first learns at these fixed parameters from ``--warmup`` training-free updates on the batch
+(the parameters do not move); from a checkpoint, the spec the run was trained with keeps its trained
+baseline. A spec that cannot apply (``pathwise`` on the discrete model, a relaxation of the Gaussian
+one, ...) is an error with the ELBO's own message, before anything is measured.
+
+Files in ``--out``: ``compare.csv``, ``compare.json``, ``compare.md`` and ``compare.png`` (the two
+bar charts, log scale).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .report import atomic_write_text, markdown_table, write_csv, write_json
+from .stats import MIN_REPS
+
+MODELS = ("toy", "vae", "discrete")
+DEFAULT_ESTIMATORS = {
+    "toy": "score,score+rloo:4,score+ma,pathwise,pathwise+stl,iwae:5,iwae-vimco:5,iwae-dreg:5",
+    "vae": "pathwise,pathwise+stl,score,score+rloo:4,iwae:5,iwae-dreg:5",
+    "discrete": "score,score+rloo:4,score+ma,score+learned,iwae-vimco:4,relaxed+t=0.5,relaxed+t=1",
+}
+VAE_KIND = {"vae": "gaussian", "discrete": "discrete"}
+
+
+@dataclass
+class Target:
+    """What is measured: model and guide with their arguments, a context that makes their parameters
+    current, how a spec becomes an ELBO and a relaxation, and the parameter groups."""
+
+    description: str
+    model: Callable
+    guide: Callable
+    args: tuple
+    kwargs: dict
+    active: Callable[[], AbstractContextManager]
+    make_elbo: Callable[[Any], Any]
+    relaxed: Callable[[Any], AbstractContextManager]
+    groups: Callable[[list[str]], dict[str, list[str]]]
+    trained: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_estimators(text: str, model: str) -> list:
+    """The specs of ``--estimators``, checked against the model (relaxations: discrete only)."""
+    from .vae import RelaxedSpec, parse_run_spec
+
+    specs = [parse_run_spec(part) for part in text.split(",") if part.strip()]
+    if not specs:
+        raise ValueError("--estimators: no estimator spec given")
+    names = [str(s) for s in specs]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise ValueError(f"--estimators: {duplicated} given twice")
+    for spec in specs:
+        if isinstance(spec, RelaxedSpec) and model != "discrete":
+            raise ValueError(f"{spec}: the Concrete relaxation applies to the discrete model (--model discrete)")
+    return specs
+
+
+def _toy_target(theta: float) -> Target:
+    import pyro
+
+    from .models.toy_gaussian import ToyGaussian
+    from .pyro.specs import make_elbo
+
+    toy = ToyGaussian(theta)
+
+    @contextmanager
+    def nothing(spec: Any) -> Iterator[None]:
+        yield
+
+    return Target(
+        description=f"toy Gaussian at theta = {theta:g} (guide N(theta, 1), factor -x^2)",
+        model=toy.model, guide=toy.guide, args=(), kwargs={},
+        active=lambda: pyro.get_param_store().scope(),
+        make_elbo=lambda spec: make_elbo(spec, max_plate_nesting=0),
+        relaxed=nothing,
+        groups=lambda names: {"theta": names},
+    )
+
+
+def _vae_target(model: str, seed: int, batch_size: int, checkpoint: str | None, run_name: str | None) -> Target:
+    import torch
+
+    from .data import load_dataset
+    from .models.discrete_vae import relaxation
+    from .pyro.training import (
+        GROUPS,
+        TrainingRun,
+        _build_runs,
+        build_model,
+        load_checkpoint,
+        make_run_elbo,
+        temperature_of,
+    )
+    from .pyro.variance import _isolated_rng
+    from .vae import DEFAULT_LATENT_DIM, VAEConfig, parse_run_spec
+
+    kind = VAE_KIND[model]
+    trained = {}
+    if checkpoint is not None:
+        path = Path(checkpoint)
+        if path.is_dir():
+            path = path / "checkpoint.pt"
+        if not path.is_file():
+            raise FileNotFoundError(f"--checkpoint {path}: no such file (a `ppl-reparam vae` run's checkpoint.pt)")
+        state = load_checkpoint(path)
+        config = VAEConfig(**VAEConfig.key_of_checkpoint(state["config"]))
+        if config.model != kind:
+            raise ValueError(f"--checkpoint {path} holds the {config.model} VAE; give --model "
+                             f"{'discrete' if config.model == 'discrete' else 'vae'}")
+        names = [r["name"] for r in state["runs"]]
+        name = str(parse_run_spec(run_name)) if run_name else names[0]
+        if name not in names:
+            raise ValueError(f"--run {name!r}: the checkpoint's runs are {names}")
+        data = load_dataset(config.data, seed=config.seed)
+        index = names.index(name)
+        run = _build_runs(config, data.dim)[index]
+        run.load_state_dict(state["runs"][index])
+        trained = {run.name: run.elbo}
+        description = (f"{kind} VAE {data.dim}-{'-'.join(map(str, config.hidden))}-{config.latent_dim}, "
+                       f"run {run.name} of {path} at epoch {run.epoch}")
+    else:
+        if run_name is not None:
+            raise ValueError("--run picks a run of --checkpoint; give --checkpoint too")
+        data = load_dataset("digits", seed=seed)
+        latent_dim = DEFAULT_LATENT_DIM[kind]
+        with _isolated_rng(seed):
+            vae_model, guide = build_model(kind, data.dim, (128,), latent_dim)
+        run = TrainingRun("initial", vae_model, guide, make_run_elbo("score"), lr=1e-3, seed=seed)
+        description = f"{kind} VAE {data.dim}-128-{latent_dim} at its initial weights (seed {seed})"
+    x = torch.from_numpy(data.train[: min(batch_size, len(data.train))])
+    description += f"; fixed batch of the first {len(x)} of {len(data.train)} training digits"
+    return Target(
+        description=description, model=run.model, guide=run.guide, args=(x,),
+        kwargs={"num_data": len(data.train)}, active=run.active, make_elbo=make_run_elbo,
+        relaxed=lambda spec: relaxation(run.model, run.guide, temperature_of(spec)),
+        groups=lambda names: {g: [n for n in names if n.split(".")[0] == g] for g in GROUPS},
+        trained=trained,
+    )
+
+
+def measure(
+    target: Target, specs: list, reps: int, seed: int, warmup: int = 1000, confidence: float = 0.95,
+    progress: bool = False,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Rows per spec and parameter group (:func:`~ppl_reparam.pyro.training.group_rows`) and the
+    comparisons with the reference (:func:`~ppl_reparam.pyro.training.comparison_rows`), every spec
+    at the same parameters, spec ``j`` seeded by ``(seed, j)``."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from .pyro.training import _seed, comparison_rows, group_rows
+    from .pyro.variance import _isolated_rng, gradient_variance
+
+    names = {str(s): s for s in specs}
+    stats = {}
+    with target.active():
+        elbos = {}
+        for name, spec in names.items():  # every spec applies, or the ELBO's error before any work
+            elbos[name] = target.trained.get(name) or target.make_elbo(spec)
+            with target.relaxed(spec), _isolated_rng(seed), torch.no_grad():
+                target.make_elbo(spec).loss(target.model, target.guide, *target.args, **target.kwargs)
+        for j, (name, spec) in enumerate(tqdm(names.items(), desc="compare", disable=not progress)):
+            elbo = elbos[name]
+            with target.relaxed(spec):
+                if spec.baseline in ("moving_average", "learned") and name not in target.trained and warmup:
+                    # the baseline learns the cost at these parameters; loss_and_grads under no_grad
+                    # updates it and leaves the parameters and their .grad alone
+                    with _isolated_rng(_seed(seed, j, 1)), torch.no_grad():
+                        for _ in range(warmup):
+                            elbo.loss_and_grads(target.model, target.guide, *target.args, **target.kwargs)
+                stats[name] = gradient_variance(
+                    elbo, target.model, target.guide, *target.args, num_reps=reps, seed=_seed(seed, j),
+                    method="loop", confidence=confidence, **target.kwargs,
+                )
+    groups = target.groups(list(next(iter(stats.values()))))
+    rows = [
+        {"measured": name, **row}
+        for name, measured in stats.items()
+        for row in group_rows(measured, groups, names[name].particles, confidence, seed)
+    ]
+    return rows, comparison_rows(stats, names, groups, confidence, seed)
+
+
+def summary_table(rows: list[dict[str, Any]], comparison: list[dict[str, Any]]) -> str:
+    """The printed table: one line per spec and group."""
+    ratios = {(c["measured"], c["group"]): c for c in comparison}
+    lines = []
+    for r in rows:
+        c = ratios.get((r["measured"], r["group"]))
+        ratio = "reference" if c is None and comparison and comparison[0]["reference"] == r["measured"] else "—"
+        if c is not None:
+            ratio = f"{c['variance_ratio']:.3g} [{c['ratio_ci_low']:.3g}, {c['ratio_ci_high']:.3g}]"
+            ratio += "" if c["same_objective"] else " (other objective)"
+        lines.append(
+            {
+                "estimator": r["measured"],
+                "group": r["group"],
+                "particles": r["particles"],
+                "per-sample variance [95% CI]": (f"{r['per_sample_variance']:.4g} "
+                                                 f"[{r['per_sample_ci_low']:.4g}, {r['per_sample_ci_high']:.4g}]"),
+                "ms / estimate": f"{1e3 * r['seconds_per_estimate']:.3g}",
+                "variance x seconds": f"{r['variance_x_seconds']:.4g}",
+                "mean SNR": f"{r['mean_snr']:.3g}",
+                "per-sample ratio to reference [95% CI]": ratio,
+            }
+        )
+    return markdown_table(lines)
+
+
+def run(args: argparse.Namespace) -> None:
+    if args.reps < MIN_REPS:
+        raise ValueError(f"--reps must be at least {MIN_REPS} (for the variance interval), got {args.reps}")
+    if args.warmup < 0:
+        raise ValueError(f"--warmup must be 0 or more, got {args.warmup}")
+    if args.threads < 1 or args.batch_size < 1:
+        raise ValueError(f"--threads and --batch-size must be at least 1, got {args.threads} and {args.batch_size}")
+    specs = parse_estimators(args.estimators or DEFAULT_ESTIMATORS[args.model], args.model)
+    if args.model == "toy" and (args.checkpoint or args.run):
+        raise ValueError("--checkpoint and --run apply to the VAEs (--model vae or discrete), not the toy")
+    from .vae import threads
+
+    with threads(args.threads):
+        began = time.perf_counter()
+        if args.model == "toy":
+            target = _toy_target(args.theta)
+        else:
+            target = _vae_target(args.model, args.seed, args.batch_size, args.checkpoint, args.run)
+        rows, comparison = measure(target, specs, args.reps, args.seed, args.warmup, progress=not args.quiet)
+        seconds = time.perf_counter() - began
+    header = (f"Gradient variance on {target.description}: {args.reps} repetitions per estimator, seed {args.seed}; "
+              "per-sample variance = total variance over the group's elements x particles (95% bootstrap-t "
+              "CI); variance x seconds = total variance x seconds per estimate (reverse mode, one estimate per "
+              f"pass, {args.threads} thread(s)).")
+    table = summary_table(rows, comparison)
+    print(header)
+    print(table)
+    out = Path(args.out)
+    from .plots import plot_compare
+
+    files = [
+        write_csv(rows, out / "compare.csv"),
+        write_json({"model": args.model, "parameters": target.description, "reps": args.reps, "seed": args.seed,
+                    "warmup": args.warmup, "threads": args.threads, "seconds": seconds, "rows": rows,
+                    "comparison": comparison}, out / "compare.json"),
+        atomic_write_text(out / "compare.md", f"{header}\n\n{table}\n"),
+        plot_compare(rows, out / "compare.png", f"{target.description}\n{args.reps} repetitions per estimator"),
+    ]
+    print("wrote " + ", ".join(str(f) for f in files))
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "compare",
+        help="gradient variance and cost of estimator specs on the same parameters of a shipped model",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--model", choices=MODELS, required=True,
+                        help="toy: the toy Gaussian; vae: the Gaussian VAE; discrete: the VAE with binary latents")
+    parser.add_argument("--estimators", default=None,
+                        help="comma-separated estimator specs (ppl_reparam.specs; relaxed+t=T for discrete). "
+                        "None: " + "; ".join(f"{m}: {v}" for m, v in DEFAULT_ESTIMATORS.items()))
+    parser.add_argument("--reps", type=int, default=100, help="gradient estimates per spec")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the draws and the VAEs' initial weights")
+    parser.add_argument("--out", default="results/compare", help="folder for compare.csv/.json/.md/.png")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch and BLAS")
+    parser.add_argument("--theta", type=float, default=2.0, help="the toy guide's mean")
+    parser.add_argument("--checkpoint", default=None,
+                        help="a `ppl-reparam vae` checkpoint.pt (or its folder): measure at its weights")
+    parser.add_argument("--run", default=None, help="which run of --checkpoint, by its spec (None: the first)")
+    parser.add_argument("--batch-size", type=int, default=100, help="rows of the fixed batch (VAEs)")
+    parser.add_argument("--warmup", type=int, default=1000,
+                        help="training-free updates of a ma or learned baseline before it is measured")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)

@@ -1,0 +1,43 @@
+"""Each backend imports and runs without the other framework installed (simulated by an import hook
+that refuses it), and the shared core imports neither."""
+
+import subprocess
+import sys
+
+import pytest
+
+HOOK = """
+import importlib.abc, sys
+class Refuse(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {blocked!r}:
+            raise ImportError(f"{{name}} is blocked for this test")
+sys.meta_path.insert(0, Refuse())
+"""
+
+PYRO_WITHOUT_JAX = """
+import pyro, torch
+from ppl_reparam.pyro import ScoreFunctionELBO
+from ppl_reparam.models.toy_gaussian import ToyGaussian
+toy = ToyGaussian(2.0)
+print(ScoreFunctionELBO(num_particles=4).loss(toy.model, toy.guide))
+"""
+
+CORE_WITHOUT_EITHER = """
+import ppl_reparam.analytic, ppl_reparam.stats, ppl_reparam.report, ppl_reparam.plots, ppl_reparam.data
+import ppl_reparam.specs, ppl_reparam.toy, ppl_reparam.cli
+print(ppl_reparam.analytic.gradient_moments("score", 2.0).variance)
+"""
+
+
+@pytest.mark.parametrize(
+    "blocked, code",
+    [
+        ({"jax", "jaxlib", "numpyro"}, PYRO_WITHOUT_JAX),
+        ({"jax", "jaxlib", "numpyro", "torch", "pyro"}, CORE_WITHOUT_EITHER),
+    ],
+)
+def test_import_without(blocked, code):
+    result = subprocess.run([sys.executable, "-c", HOOK.format(blocked=sorted(blocked)) + code],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
