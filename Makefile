@@ -14,7 +14,15 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/ppl-reparam toy --out results
+	$(VENV)/bin/ppl-reparam toy --backend both --out results --quiet
+	$(VENV)/bin/ppl-reparam vae --compare --epochs 100 --variance-every 10 --out results/vae --quiet
+	$(VENV)/bin/ppl-reparam vae --model discrete --compare --epochs 100 --lr 3e-3 --variance-reps 50 \
+		--variance-every 50 --test-particles 20 --measure-on score+rloo:4 --out results/discrete --quiet \
+		--estimator score,score+rloo:4,score+ma,score+learned,score+b=25,iwae-vimco:4,relaxed+t=0.5,relaxed+t=1
+	$(VENV)/bin/ppl-reparam compare --model toy --out results/compare-toy --quiet
+	$(VENV)/bin/ppl-reparam compare --model vae --out results/compare-vae --quiet
+	$(VENV)/bin/ppl-reparam compare --model discrete --checkpoint results/discrete --run score+rloo:4 \
+		--out results/compare-discrete --quiet
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -22,6 +30,8 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/toy_sweep.py
+	$(PY) benchmarks/toy_sweep_numpyro.py
+	$(PY) benchmarks/vae_step.py
 
 clean:
 	rm -rf $(VENV) results

@@ -11,7 +11,7 @@ Workload: gradient estimates of E_{x~N(theta,1)}[x^2] at theta = 2, N in 10 .. 1
 
 Each is run once untimed first (imports, lazy initialisation), then timed. Run:
 
-    .venv/bin/python benchmarks/toy_sweep.py [--reps 100] [--samples 10,100,1000,10000,100000]
+    .venv/bin/python benchmarks/toy_sweep.py [--reps 100] [--samples 10,100,1000,10000,100000] [--threads 1]
 """
 
 from __future__ import annotations
@@ -84,10 +84,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=100)
     parser.add_argument("--samples", default="10,100,1000,10000,100000")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (the NumPy loop uses one)")
     args = parser.parse_args()
     samples = [int(s) for s in args.samples.split(",")]
     logging.getLogger("pyro").setLevel(logging.WARNING)
-    torch.set_num_threads(torch.get_num_threads())
+    torch.set_num_threads(args.threads)
     times = {
         "numpy loop": timed(numpy_loop, samples, args.reps),
         "pyro Trace_ELBO loop": timed(pyro_loop, samples, args.reps),

@@ -138,7 +138,7 @@ def gradient_variance(
     seed: int = 0,
     confidence: float = 0.95,
     method: str = "auto",
-    chunk_particles: int = 2**20,
+    chunk_particles: int = 2**18,
     progress: bool = False,
     **kwargs: Any,
 ) -> GradientStats:
