@@ -41,3 +41,11 @@ def test_import_without(blocked, code):
     result = subprocess.run([sys.executable, "-c", HOOK.format(blocked=sorted(blocked)) + code],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_both_backends_export_the_same_names():
+    import ppl_reparam.numpyro as numpyro_backend
+    import ppl_reparam.pyro as pyro_backend
+
+    # AmortizedNormal wraps a torch module; everything else has a NumPyro twin of the same name.
+    assert set(pyro_backend.__all__) - {"AmortizedNormal"} == set(numpyro_backend.__all__)

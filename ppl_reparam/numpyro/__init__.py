@@ -1,15 +1,25 @@
 """NumPyro backend: per-site estimator control, ELBO variants and gradient-variance measurement.
 
-Imports JAX and NumPyro only (never torch or Pyro).
+The same public names as :mod:`ppl_reparam.pyro` (but ``AmortizedNormal``, a torch module). Imports
+JAX and NumPyro only (never torch or Pyro).
 """
 
+from .baselines import ConstantBaseline, LearnedBaseline, LeaveOneOutBaseline, MovingAverageBaseline
 from .elbo import PathwiseELBO, ScoreFunctionELBO
+from .guides import MeanField
 from .handlers import ESTIMATORS, EstimatorDistribution, force_estimator
+from .iwae import IWAE
 from .variance import compare_estimators, gradient_variance
 
 __all__ = [
+    "ConstantBaseline",
     "ESTIMATORS",
     "EstimatorDistribution",
+    "IWAE",
+    "LearnedBaseline",
+    "LeaveOneOutBaseline",
+    "MeanField",
+    "MovingAverageBaseline",
     "PathwiseELBO",
     "ScoreFunctionELBO",
     "compare_estimators",
