@@ -435,15 +435,17 @@ def test_nan_loss_names_the_site(num_particles):
         ScoreFunctionELBO(num_particles=num_particles).loss(KEY, {"theta": 2.0}, model, TOY.guide)
 
 
-def test_forcing_pathwise_over_an_inner_score_choice_is_an_error():
-    # A mask applied outside a guide already forced to the score function hides that choice from a
-    # later pathwise forcing; silently differentiating through a stop_gradient sample would be biased.
+def test_an_inner_score_choice_holds_under_a_blanket_pathwise_elbo():
+    # As in Pyro, force_estimator's choice counts as the site's own request: a blanket PathwiseELBO keeps
+    # it (even through a mask applied outside), and only naming the site overrides it. Overriding a
+    # score choice made inside would differentiate through a stop_gradient sample, so it is an error.
     def guide():
         with numpyro.handlers.mask(mask=jnp.array(True)):
             force_estimator(TOY.guide, "score")()
 
+    assert jnp.isfinite(PathwiseELBO().loss(KEY, {"theta": 2.0}, TOY.model, guide))
     with pytest.raises(ValueError, match=r"site 'x'.*cannot be made pathwise"):
-        PathwiseELBO().loss(KEY, {"theta": 2.0}, TOY.model, guide)
+        PathwiseELBO(sites=["x"]).loss(KEY, {"theta": 2.0}, TOY.model, guide)
 
 
 # ------------------------------------------------------------------------------ SVI

@@ -198,6 +198,9 @@ class ForceEstimatorMessenger(Messenger):
             estimator = "score"
         if estimator is not None:
             msg["fn"] = apply_estimator(msg["name"], msg["fn"], estimator)
+            # Record the choice as the site's own request, so that an enclosing handler (an ELBO's
+            # blanket estimator) respects it; only sites named there override it (as in Pyro).
+            msg["infer"] = {**msg["infer"], "estimator": estimator}
 
     def check_sites_seen(self) -> None:
         """Raise if ``sites`` named a site that the guide never sampled."""
