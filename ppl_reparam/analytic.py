@@ -143,3 +143,30 @@ def true_gradient(theta: float, sigma: float = 1.0, *, wrt: str = "loc", f: Poly
     r"""The exact gradient of :math:`L`: :math:`E[f'(x)]` w.r.t. the loc,
     :math:`E[f'(x)\epsilon] - 1/\sigma` w.r.t. the scale (2 theta and 2 sigma - 1/sigma for x^2)."""
     return gradient_moments("pathwise", theta, sigma, wrt=wrt, f=f).mean
+
+
+def rloo_per_sample_variance(
+    theta: float, num_particles: int, sigma: float = 1.0, *, analytic_kl: bool = True, f: Polynomial = SQUARE
+) -> float:
+    r"""Per-sample variance (``num_particles`` x the variance) of the loc gradient of the score function
+    with leave-one-out baselines over :math:`K` particles (Kool, van Hoof and Welling 2019),
+
+    .. math:: G = \frac1K \sum_i (c_i - b_i) s_i, \quad b_i = \frac{1}{K-1}\sum_{j \ne i} c_j,
+
+    with cost :math:`c` (``f`` plus, with Monte Carlo entropy, :math:`\log q`) and score
+    :math:`s = \epsilon/\sigma`. Expanding the independent pairs,
+
+    .. math:: K\,\mathrm{Var}(G) = \mathrm{Var}(cs) + \frac{E[s^2]E[c^2] + (K-2)E[s^2]E[c]^2 + E[cs]^2}{K-1}
+        - 2E[cs^2]E[c].
+    """
+    k = num_particles
+    if k < 2:
+        raise ValueError(f"leave-one-out needs at least 2 particles, got {k}")
+    eps = Polynomial([0.0, 1.0])
+    cost = f(theta + sigma * eps)
+    if not analytic_kl:
+        cost = cost - HALF_LOG_2PI - math.log(sigma) - eps**2 / 2
+    score = eps / sigma
+    s2, c, c2, cs, cs2 = (expect(p) for p in (score**2, cost, cost**2, cost * score, cost * score**2))
+    pairs = (s2 * c2 + (k - 2) * s2 * c**2 + cs**2) / (k - 1)
+    return Moments.of(cost * score).variance + pairs - 2 * cs2 * c

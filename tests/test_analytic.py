@@ -96,3 +96,16 @@ def test_polynomial_gradient_matches_monte_carlo_draws():
     x = theta + eps
     np.testing.assert_allclose(per_sample_gradient("score", theta)(eps), x**2 * (x - theta))
     np.testing.assert_allclose(per_sample_gradient("pathwise", theta)(eps), 2 * x)
+
+
+def test_leave_one_out_limits():
+    # Many particles: the baseline tends to the constant E[c], E[x^2] = theta^2 + 1 with the closed-form
+    # entropy; RLOO's variance tends to that constant baseline's. Two particles: a value above it.
+    from ppl_reparam.analytic import rloo_per_sample_variance
+
+    theta = 2.0
+    limit = gradient_moments("score", theta, baseline=theta**2 + 1).variance
+    assert rloo_per_sample_variance(theta, 10**7) == pytest.approx(limit, rel=1e-5)
+    assert rloo_per_sample_variance(theta, 2) > limit
+    with pytest.raises(ValueError, match="at least 2 particles"):
+        rloo_per_sample_variance(theta, 1)

@@ -11,8 +11,9 @@ Two ways to draw them, chosen by ``method``:
   ``chunk_particles`` particles, with each particle's gradient :math:`\partial \tilde L_i/\partial
   \phi_j` from forward-mode autodiff, one pass per parameter element :math:`\phi_j`, all passes of a
   chunk on the same random numbers. A repetition's estimate is the mean over its particles. Needs one
-  of this package's ELBOs with ``vectorize_particles=True``; cost grows with the number of parameter
-  elements, so it suits few parameters (the toy problem, small conjugate models).
+  of this package's ELBOs with ``vectorize_particles=True`` and no leave-one-out baseline (which
+  would compare particles across repetitions); cost grows with the number of parameter elements, so
+  it suits few parameters (the toy problem, small conjugate models).
 - ``"loop"``: one reverse-mode gradient per repetition. Works with any ELBO, Pyro's own included.
 
 ``"auto"`` (default) takes ``"forward"`` when it applies and the parameters have at most
@@ -162,7 +163,10 @@ def gradient_variance(
         raise ValueError(f"num_reps must be at least {MIN_REPS}, got {num_reps}")
     if chunk_particles < 1:
         raise ValueError(f"chunk_particles must be positive, got {chunk_particles}")
-    batched = isinstance(elbo, _EstimatorELBO) and elbo.vectorize_particles
+    # One vectorized pass puts several repetitions' particles side by side, so a baseline that
+    # compares particles (leave-one-out) would mix repetitions: those ELBOs are measured by "loop".
+    couples = isinstance(elbo, _EstimatorELBO) and elbo.baseline is not None and elbo.baseline.needs_particles
+    batched = isinstance(elbo, _EstimatorELBO) and elbo.vectorize_particles and not couples
     start = time.perf_counter()
     with _isolated_rng(seed):
         params = trace_params(model, guide, *args, **kwargs)
@@ -172,8 +176,8 @@ def gradient_variance(
             method = "forward" if batched and 4 * size <= num_reps else "loop"
         if method == "forward" and not batched:
             raise ValueError(
-                "method='forward' needs ScoreFunctionELBO or PathwiseELBO with "
-                "vectorize_particles=True; use method='loop' for this ELBO"
+                "method='forward' needs ScoreFunctionELBO or PathwiseELBO with vectorize_particles=True "
+                "and no leave-one-out baseline; use method='loop' for this ELBO"
             )
         samples = None
         if method == "forward":
