@@ -323,16 +323,21 @@ def threads(n: int) -> Iterator[None]:
     """At most ``n`` threads for torch's CPU kernels and for NumPy's BLAS in the block. The
     networks and the bootstrap's matrices here are small: on a busy 2-core machine two threads
     made an SVI step 25 times slower than one (thread hand-offs, not arithmetic)."""
-    import torch
     from threadpoolctl import threadpool_limits
 
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n)
+    try:
+        import torch
+    except ImportError:  # the NumPyro backend runs without torch
+        torch = None
+    previous = torch.get_num_threads() if torch else None
+    if torch:
+        torch.set_num_threads(n)
     try:
         with threadpool_limits(limits=n):
             yield
     finally:
-        torch.set_num_threads(previous)
+        if torch:
+            torch.set_num_threads(previous)
 
 
 
@@ -442,7 +447,10 @@ def run(args: argparse.Namespace) -> None:
     config = config_from_args(args)
     out = Path(args.out)
     with threads(args.threads), _sigterm_as_interrupt():
-        from .pyro.training import train_vae
+        if args.backend == "numpyro":
+            from .numpyro.training import train_vae_numpyro as train_vae
+        else:
+            from .pyro.training import train_vae
 
         result = train_vae(config, out, resume=args.resume, progress=False if args.quiet else None)
     what = "Bernoulli latent bits" if config.model == "discrete" else "Gaussian latents"
@@ -503,5 +511,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="draw fresh Bernoulli training pixels every epoch")
     parser.add_argument("--threads", type=_at_least(1), default=1,
                         help="CPU threads for torch and BLAS (small networks run fastest on one)")
+    parser.add_argument("--backend", choices=("pyro", "numpyro"), default="pyro",
+                        help="numpyro: train with JAX/NumPyro (gaussian model; pathwise and score specs with :K "
+                        "and +akl; checkpoint.npz)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
