@@ -4,10 +4,11 @@ The same public names as :mod:`ppl_reparam.pyro` (but ``AmortizedNormal``, a tor
 JAX and NumPyro only (never torch or Pyro).
 """
 
+from ..forcing import ESTIMATORS
 from .baselines import ConstantBaseline, LearnedBaseline, LeaveOneOutBaseline, MovingAverageBaseline
 from .elbo import PathwiseELBO, ScoreFunctionELBO
 from .guides import MeanField
-from .handlers import ESTIMATORS, EstimatorDistribution, force_estimator
+from .handlers import EstimatorDistribution, force_estimator
 from .iwae import IWAE
 from .variance import compare_estimators, gradient_variance
 

@@ -67,11 +67,11 @@ from numpyro.handlers import replay, seed, substitute, trace
 from numpyro.infer.elbo import ELBO, MultiFrameTensor
 from numpyro.util import check_model_guide_match
 
+from ..forcing import check_estimator
 from .baselines import STATE_PREFIX, Baseline, Context, make_baseline, subsampled_frames
 from .handlers import (
     EstimatorDistribution,
     ForceEstimatorMessenger,
-    check_estimator,
     describe,
     is_guide_latent,
     leaf_distribution,
@@ -157,7 +157,7 @@ def traces(
 
     guide_key, model_key = keys
     guide_trace = trace(substitute(seed(forced_guide, guide_key), data=param_map)).get_trace(*args, **kwargs)
-    forced.check_sites_seen()
+    forced.choices.check_sites_seen()
     seeded_model = seed(model, model_key)
     model_trace = trace(substitute(replay(seeded_model, guide_trace), data=param_map)).get_trace(*args, **kwargs)
     check_model_guide_match(model_trace, guide_trace)

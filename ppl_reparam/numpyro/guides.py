@@ -23,7 +23,8 @@ from numpyro.distributions.util import periodic_repeat
 from numpyro.infer.autoguide import AutoGuide
 from numpyro.infer.initialization import init_to_median
 
-from .handlers import apply_estimator, check_estimator
+from ..forcing import check_estimator
+from .handlers import apply_estimator
 
 __all__ = ["DEFAULT_FAMILIES", "FAMILIES", "Family", "MeanField", "init_to_prior_mean", "support_kind"]
 

@@ -16,7 +16,6 @@ site's distribution in :class:`EstimatorDistribution`, which carries the choice 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
 
 import jax
 from numpyro.distributions import (
@@ -29,21 +28,9 @@ from numpyro.distributions import (
 )
 from numpyro.primitives import Messenger
 
-ESTIMATORS = ("score", "pathwise")
-"""The estimator names accepted everywhere."""
+from ..forcing import ForcedGuide, SiteChoices
 
 _WRAPPERS = (Independent, TransformedDistribution, MaskedDistribution, ExpandedDistribution)
-
-
-def check_estimator(estimator: str, where: str = "") -> str:
-    """Return ``estimator`` if it is a known name, else raise a ValueError that lists the names."""
-    if estimator not in ESTIMATORS:
-        at = f" at {where}" if where else ""
-        raise ValueError(
-            f"unknown estimator {estimator!r}{at}; expected 'score' (score function / REINFORCE) "
-            "or 'pathwise' (reparameterization)"
-        )
-    return estimator
 
 
 def leaf_distribution(fn: Distribution) -> Distribution:
@@ -174,26 +161,12 @@ class ForceEstimatorMessenger(Messenger):
 
     def __init__(self, estimator: str | None, sites: Iterable[str] | None = None):
         super().__init__()
-        if estimator is not None:
-            check_estimator(estimator)
-        self.estimator = estimator
-        self.sites = None if sites is None else frozenset(sites)
-        self.seen: set[str] = set()
-
-    def estimator_for(self, msg: dict) -> str | None:
-        name = msg["name"]
-        if self.sites is not None and name in self.sites:
-            return self.estimator
-        requested = msg["infer"].get("estimator")
-        if requested is not None:
-            return check_estimator(requested, f"site {name!r} (infer={{'estimator': ...}})")
-        return self.estimator if self.sites is None else None
+        self.choices = SiteChoices(estimator, sites)
 
     def process_message(self, msg: dict) -> None:
         if not is_guide_latent(msg):
             return
-        self.seen.add(msg["name"])
-        estimator = self.estimator_for(msg)
+        estimator = self.choices.choose(msg["name"], msg["infer"])
         if estimator is None and not can_rsample(msg["fn"]):
             estimator = "score"
         if estimator is not None:
@@ -202,43 +175,6 @@ class ForceEstimatorMessenger(Messenger):
             # blanket estimator) respects it; only sites named there override it (as in Pyro).
             msg["infer"] = {**msg["infer"], "estimator": estimator}
 
-    def check_sites_seen(self) -> None:
-        """Raise if ``sites`` named a site that the guide never sampled."""
-        missing = (self.sites or frozenset()) - self.seen
-        if missing:
-            raise ValueError(
-                f"sites {sorted(missing)} were named for the {self.estimator!r} estimator but the "
-                f"guide has no such latent sample site; its latent sites are {sorted(self.seen)}"
-            )
-
-
-class ForcedGuide:
-    """A guide whose sites use the chosen estimator; see :func:`force_estimator`.
-
-    Calls go through :class:`ForceEstimatorMessenger`; attributes (``median``, ``sample_posterior``,
-    ...) are those of the wrapped guide.
-    """
-
-    def __init__(self, guide: Callable, estimator: str | None, sites: Iterable[str] | None = None):
-        if isinstance(sites, str):
-            sites = [sites]
-        self.guide = guide
-        self.estimator = estimator
-        self.sites = None if sites is None else tuple(sites)
-        ForceEstimatorMessenger(estimator, self.sites)  # validate the arguments now
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        messenger = ForceEstimatorMessenger(self.estimator, self.sites)
-        with messenger:
-            result = self.guide(*args, **kwargs)
-        messenger.check_sites_seen()
-        return result
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.__dict__["guide"], name)
-
-    def __repr__(self) -> str:
-        return f"force_estimator({self.guide!r}, {self.estimator!r}, sites={self.sites})"
 
 
 def force_estimator(guide: Callable, estimator: str, sites: Iterable[str] | None = None) -> ForcedGuide:
@@ -258,4 +194,4 @@ def force_estimator(guide: Callable, estimator: str, sites: Iterable[str] | None
     for every non-reparameterized site, guide-only ones included: :class:`ScoreFunctionELBO` or
     :class:`PathwiseELBO` of this package (NumPyro's ``Trace_ELBO`` silently drops that term).
     """
-    return ForcedGuide(guide, estimator, sites)
+    return ForcedGuide(guide, estimator, sites, ForceEstimatorMessenger)

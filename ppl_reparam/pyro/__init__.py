@@ -1,9 +1,10 @@
 """Pyro backend: per-site estimator control, ELBO variants and gradient-variance measurement."""
 
+from ..forcing import ESTIMATORS
 from .baselines import ConstantBaseline, LearnedBaseline, LeaveOneOutBaseline, MovingAverageBaseline
 from .elbo import PathwiseELBO, ScoreFunctionELBO
 from .guides import AmortizedNormal, MeanField
-from .handlers import ESTIMATORS, EstimatorDistribution, force_estimator
+from .handlers import EstimatorDistribution, force_estimator
 from .iwae import IWAE
 from .variance import compare_estimators, gradient_variance
 

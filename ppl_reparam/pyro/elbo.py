@@ -45,11 +45,11 @@ from pyro.infer.util import MultiFrameTensor, get_plate_stacks, is_validation_en
 from pyro.poutine import Trace
 from pyro.util import check_if_enumerated
 
+from ..forcing import check_estimator
 from .baselines import Baseline, Context, make_baseline
 from .handlers import (
     EstimatorDistribution,
     ForceEstimatorMessenger,
-    check_estimator,
     describe,
     is_guide_latent,
     leaf_distribution,
@@ -197,7 +197,7 @@ class _EstimatorELBO(ELBO):
         model_trace, guide_trace = get_importance_trace(
             "flat", self.max_plate_nesting, model, forced_guide, args, kwargs
         )
-        forced.check_sites_seen()
+        forced.choices.check_sites_seen()
         if is_validation_enabled():
             check_if_enumerated(guide_trace)
         return model_trace, guide_trace

@@ -41,7 +41,8 @@ from pyro.nn.module import to_pyro_module_
 from pyro.ops.tensor_utils import periodic_repeat
 from torch import nn
 
-from .handlers import apply_estimator, check_estimator
+from ..forcing import check_estimator
+from .handlers import apply_estimator
 
 __all__ = ["AmortizedNormal", "MeanField", "data_plate"]
 

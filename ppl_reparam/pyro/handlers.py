@@ -16,7 +16,6 @@ carries the choice through ``expand`` and delegates everything else to the wrapp
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
 
 import pyro.distributions as dist
 import torch
@@ -25,9 +24,9 @@ from pyro.distributions.torch_distribution import ExpandedDistribution, MaskedDi
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.subsample_messenger import _Subsample
 
-ESTIMATORS = ("score", "pathwise")
+from ..forcing import ForcedGuide, SiteChoices
+
 _EMPTY = torch.Size()
-"""The estimator names accepted everywhere."""
 
 _WRAPPERS = (
     torch.distributions.Independent,
@@ -37,17 +36,6 @@ _WRAPPERS = (
 )
 _GENERIC_WRAPPERS = {*_WRAPPERS, dist.Independent, dist.TransformedDistribution}
 """Wrapper classes shown in messages; named subclasses such as LogNormal stand alone."""
-
-
-def check_estimator(estimator: str, where: str = "") -> str:
-    """Return ``estimator`` if it is a known name, else raise a ValueError that lists the names."""
-    if estimator not in ESTIMATORS:
-        at = f" at {where}" if where else ""
-        raise ValueError(
-            f"unknown estimator {estimator!r}{at}; expected 'score' (score function / REINFORCE) "
-            "or 'pathwise' (reparameterization)"
-        )
-    return estimator
 
 
 def leaf_distribution(fn: torch.distributions.Distribution) -> torch.distributions.Distribution:
@@ -153,69 +141,18 @@ class ForceEstimatorMessenger(Messenger):
 
     def __init__(self, estimator: str | None, sites: Iterable[str] | None = None):
         super().__init__()
-        if estimator is not None:
-            check_estimator(estimator)
-        self.estimator = estimator
-        self.sites = None if sites is None else frozenset(sites)
-        self.seen: set[str] = set()
-
-    def estimator_for(self, msg: dict) -> str | None:
-        name = msg["name"]
-        if self.sites is not None and name in self.sites:
-            return self.estimator
-        requested = msg["infer"].get("estimator")
-        if requested is not None:
-            return check_estimator(requested, f"site {name!r} (infer={{'estimator': ...}})")
-        return self.estimator if self.sites is None else None
+        self.choices = SiteChoices(estimator, sites)
 
     def _pyro_sample(self, msg: dict) -> None:
         if not is_guide_latent(msg):
             return
-        self.seen.add(msg["name"])
-        estimator = self.estimator_for(msg)
+        estimator = self.choices.choose(msg["name"], msg["infer"])
         if estimator is not None:
             msg["fn"] = apply_estimator(msg["name"], msg["fn"], estimator)
             # Record the choice as the site's own request, so that an enclosing handler (an ELBO's
             # blanket estimator) respects it; only sites named there override it.
             msg["infer"] = {**msg["infer"], "estimator": estimator}
 
-    def check_sites_seen(self) -> None:
-        """Raise if ``sites`` named a site that the guide never sampled."""
-        missing = (self.sites or frozenset()) - self.seen
-        if missing:
-            raise ValueError(
-                f"sites {sorted(missing)} were named for the {self.estimator!r} estimator but the "
-                f"guide has no such latent sample site; its latent sites are {sorted(self.seen)}"
-            )
-
-
-class ForcedGuide:
-    """A guide whose sites use the chosen estimator; see :func:`force_estimator`.
-
-    Calls go through :class:`ForceEstimatorMessenger`; attributes (``median``, ``parameters``, ...) are
-    those of the wrapped guide.
-    """
-
-    def __init__(self, guide: Callable, estimator: str | None, sites: Iterable[str] | None = None):
-        if isinstance(sites, str):
-            sites = [sites]
-        self.guide = guide
-        self.estimator = estimator
-        self.sites = None if sites is None else tuple(sites)
-        ForceEstimatorMessenger(estimator, self.sites)  # validate the arguments now
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        messenger = ForceEstimatorMessenger(self.estimator, self.sites)
-        with messenger:
-            result = self.guide(*args, **kwargs)
-        messenger.check_sites_seen()
-        return result
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.__dict__["guide"], name)
-
-    def __repr__(self) -> str:
-        return f"force_estimator({self.guide!r}, {self.estimator!r}, sites={self.sites})"
 
 
 def force_estimator(guide: Callable, estimator: str, sites: Iterable[str] | None = None) -> ForcedGuide:
@@ -239,4 +176,4 @@ def force_estimator(guide: Callable, estimator: str, sites: Iterable[str] | None
     non-reparameterized site, guide-only ones included: :class:`ScoreFunctionELBO` or
     :class:`PathwiseELBO` of this package (Pyro's ``Trace_ELBO`` ignores guide-only sites).
     """
-    return ForcedGuide(guide, estimator, sites)
+    return ForcedGuide(guide, estimator, sites, ForceEstimatorMessenger)
