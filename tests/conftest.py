@@ -23,3 +23,15 @@ def _fresh_pyro_state():
     pyro.clear_param_store()
     yield
     pyro.clear_param_store()
+
+
+@pytest.fixture(scope="module")
+def quick_compiles():
+    """Compile JAX programs without XLA's optimisation passes for a module: they take most of the
+    NumPyro tests' time on CPU and change no number a test checks; restored after."""
+    import jax
+
+    previous = jax.config.values["jax_disable_most_optimizations"]
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", previous)

@@ -43,14 +43,7 @@ N, REPS, CONFIDENCE = 10, 2000, 1 - 1e-6
 KEY = random.PRNGKey(0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _quick_compiles():
-    """XLA's optimisation passes take most of these tests' time (a few seconds per compiled program on
-    CPU) and change nothing the tests check, so this module compiles without them; restored after."""
-    previous = jax.config.values["jax_disable_most_optimizations"]
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("quick_compiles")
 
 
 def assert_mean(stats, exact, z=Z):

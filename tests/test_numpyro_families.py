@@ -21,13 +21,7 @@ Z = 5.5
 SAMPLES = 20_000
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _quick_compiles():
-    """XLA's optimisation passes dominate these tests' time on CPU and change nothing they check."""
-    previous = jax.config.values["jax_disable_most_optimizations"]
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("quick_compiles")
 
 
 def _dirichlet_square_gradient(alpha: np.ndarray) -> np.ndarray:

@@ -35,14 +35,7 @@ RTOL = 1e-5
 KEY = random.PRNGKey(0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _quick_compiles():
-    """Compile without XLA's optimisation passes, as tests/test_numpyro_backend.py (same numbers,
-    a fraction of the compile time); restored after."""
-    previous = jax.config.values["jax_disable_most_optimizations"]
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("quick_compiles")
 
 
 def every_support():

@@ -46,15 +46,7 @@ TIMING = ("seconds", "seconds_per_estimate", "variance_x_seconds")
 """Columns that hold wall times, which differ between otherwise identical runs."""
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _quick_compiles():
-    """XLA's optimisation passes take most of the compile time of the training step and the measurements
-    and change nothing checked here (the ELBO tolerance below was measured with them on), so this module
-    compiles without them; restored after."""
-    previous = jax.config.values["jax_disable_most_optimizations"]
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("quick_compiles")
 
 
 def pyro_params(model, guide) -> dict[str, torch.Tensor]:

@@ -48,14 +48,7 @@ KEY = random.PRNGKey(0)
 TOY = ToyGaussian(THETA)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _quick_compiles():
-    """Compile without XLA's optimisation passes, as tests/test_numpyro_backend.py (same numbers,
-    a fraction of the compile time); restored after."""
-    previous = jax.config.values["jax_disable_most_optimizations"]
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("quick_compiles")
 
 
 def measure(elbo, guide=TOY.guide, toy=TOY, seed=0, reps=REPS, **options):

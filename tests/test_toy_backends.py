@@ -2,7 +2,6 @@
 NumPyro through ``ppl_reparam.toy.measure`` (the path ``ppl-reparam toy`` takes). Checks and their
 tolerances: see closed_form.py."""
 
-import jax
 import pytest
 from closed_form import CONFIDENCE, REPS, N, check_against_closed_form
 
@@ -10,14 +9,7 @@ from ppl_reparam.analytic import gradient_moments
 from ppl_reparam.specs import EstimatorSpec
 from ppl_reparam.toy import BACKENDS, measure
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _quick_compiles():
-    """XLA's optimisation passes dominate the NumPyro rows' run time and change no number checked."""
-    previous = jax.config.values["jax_disable_most_optimizations"]
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("quick_compiles")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
