@@ -57,6 +57,15 @@ class Baseline:
     def update(self, site: str, cost: torch.Tensor, ctx: Context) -> None:
         """Learn from the unscaled, detached ``cost`` of a training step (default: nothing)."""
 
+    def state_dict(self) -> dict[str, Any]:
+        """What the baseline has learned, as tensors and plain values (for checkpoints)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` into a fresh baseline of the same kind."""
+        if state:
+            raise ValueError(f"{self!r} holds no state, got {sorted(state)}")
+
 
 class ConstantBaseline(Baseline):
     """A fixed baseline ``b``."""
@@ -88,6 +97,12 @@ class MovingAverageBaseline(Baseline):
         mean = cost.mean(dim=ctx.reduce, keepdim=True) if ctx.reduce else cost
         old = self.averages.get(site, torch.zeros(()))
         self.averages[site] = self.beta * old + (1 - self.beta) * mean
+
+    def state_dict(self):
+        return {"averages": {site: v.detach().clone() for site, v in self.averages.items()}}
+
+    def load_state_dict(self, state):
+        self.averages = {site: v.clone() for site, v in state["averages"].items()}
 
     def __repr__(self) -> str:
         return f"MovingAverageBaseline(beta={self.beta})"
@@ -126,15 +141,20 @@ class LearnedBaseline(Baseline):
         self.nets: dict[str, nn.Module] = {}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
 
+    def _build(self, site: str, width: int | None) -> nn.Module:
+        """Create the site's network (a constant when ``width`` is None) and its optimizer."""
+        if width is None:
+            net: nn.Module = _Constant()
+        else:
+            net = nn.Sequential(nn.Linear(width, self.hidden), nn.ReLU(), nn.Linear(self.hidden, 1))
+        self.nets[site] = net
+        self.optimizers[site] = torch.optim.Adam(net.parameters(), lr=self.lr)
+        return net
+
     def _net(self, site: str, args: tuple, kwargs: dict) -> tuple[nn.Module, torch.Tensor | None]:
         x = None if self.features is None else self.features(*args, **kwargs).detach()
         if site not in self.nets:
-            if x is None:
-                net: nn.Module = _Constant()
-            else:
-                net = nn.Sequential(nn.Linear(x.shape[-1], self.hidden), nn.ReLU(), nn.Linear(self.hidden, 1))
-            self.nets[site] = net
-            self.optimizers[site] = torch.optim.Adam(net.parameters(), lr=self.lr)
+            self._build(site, None if x is None else x.shape[-1])
         return self.nets[site], x
 
     def _predict(self, site, args, kwargs):
@@ -152,8 +172,27 @@ class LearnedBaseline(Baseline):
             error.mean().backward()
         self.optimizers[site].step()
 
+    def state_dict(self):
+        return {
+            "widths": {site: _input_width(net) for site, net in self.nets.items()},
+            "nets": {site: {k: v.detach().clone() for k, v in net.state_dict().items()}
+                     for site, net in self.nets.items()},
+            "optimizers": {site: opt.state_dict() for site, opt in self.optimizers.items()},
+        }
+
+    def load_state_dict(self, state):
+        for site, width in state["widths"].items():
+            with torch.random.fork_rng(devices=[]):  # the weights are overwritten: leave the RNG alone
+                net = self._build(site, width)
+            net.load_state_dict(state["nets"][site])
+            self.optimizers[site].load_state_dict(state["optimizers"][site])
+
     def __repr__(self) -> str:
         return f"LearnedBaseline(features={self.features!r}, hidden={self.hidden}, lr={self.lr})"
+
+
+def _input_width(net: nn.Module) -> int | None:
+    return None if isinstance(net, _Constant) else net[0].in_features
 
 
 class _Constant(nn.Module):

@@ -47,7 +47,7 @@ from ..report import atomic_write_bytes
 from ..specs import EstimatorSpec
 from ..stats import GroupStats, MeanAgreement, variance_ratio
 from ..vae import RelaxedSpec, RunSpec, objective_of, parse_run_spec
-from .baselines import LearnedBaseline, MovingAverageBaseline
+from .baselines import LearnedBaseline
 from .elbo import ScoreFunctionELBO
 from .specs import make_elbo
 from .variance import _isolated_rng, gradient_variance
@@ -248,39 +248,18 @@ class TrainingRun:
 
 
 def baseline_state(elbo: ELBO) -> dict[str, Any] | None:
-    """The learned state of ``elbo``'s baseline, as tensors and plain values (None if it has none):
-    a moving average's averages; a learned baseline's networks and their Adam states, per site."""
+    """The learned state of ``elbo``'s baseline (None if it has none); see ``Baseline.state_dict``."""
     baseline = getattr(elbo, "baseline", None)
-    if isinstance(baseline, MovingAverageBaseline):
-        return {"averages": {site: v.detach().clone() for site, v in baseline.averages.items()}}
-    if isinstance(baseline, LearnedBaseline):
-        return {
-            "nets": {site: {k: v.detach().clone() for k, v in net.state_dict().items()}
-                     for site, net in baseline.nets.items()},
-            "optimizers": {site: opt.state_dict() for site, opt in baseline.optimizers.items()},
-        }
-    return None
+    return None if baseline is None else baseline.state_dict()
 
 
 def load_baseline_state(elbo: ELBO, state: dict[str, Any] | None) -> None:
     """Restore :func:`baseline_state` into ``elbo``'s (fresh) baseline of the same kind."""
-    if state is None:
-        return
     baseline = getattr(elbo, "baseline", None)
-    if "averages" in state and isinstance(baseline, MovingAverageBaseline):
-        baseline.averages = {site: v.clone() for site, v in state["averages"].items()}
-    elif "nets" in state and isinstance(baseline, LearnedBaseline):
-        for site, net_state in state["nets"].items():
-            # build the site's network as the baseline would (its input width from the saved weights),
-            # off the global RNG, then overwrite its weights and its optimizer's state
-            width = net_state["0.weight"].shape[-1] if "0.weight" in net_state else None
-            args = () if width is None or baseline.features is None else (torch.zeros(1, width),)
-            with torch.random.fork_rng(devices=[]):
-                net, _ = baseline._net(site, args, {})
-            net.load_state_dict(net_state)
-            baseline.optimizers[site].load_state_dict(state["optimizers"][site])
-    else:
-        raise ValueError(f"checkpoint: baseline state {sorted(state)} does not fit the ELBO's baseline {baseline!r}")
+    if baseline is not None and state is not None:
+        baseline.load_state_dict(state)
+    elif state:
+        raise ValueError(f"checkpoint: baseline state {sorted(state)} but the ELBO has no baseline")
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
