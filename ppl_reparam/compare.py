@@ -78,7 +78,7 @@ class Target:
 
 def parse_estimators(text: str, model: str) -> list:
     """The specs of ``--estimators``, checked against the model (relaxations: discrete only)."""
-    from .vae import RelaxedSpec, parse_run_spec
+    from .specs import RelaxedSpec, parse_run_spec
 
     specs = [parse_run_spec(part) for part in text.split(",") if part.strip()]
     if not specs:
@@ -130,7 +130,8 @@ def _vae_target(model: str, seed: int, batch_size: int, checkpoint: str | None, 
         temperature_of,
     )
     from .pyro.variance import _isolated_rng
-    from .vae import DEFAULT_LATENT_DIM, VAEConfig, parse_run_spec
+    from .specs import parse_run_spec
+    from .vae import DEFAULT_LATENT_DIM, VAEConfig
 
     kind = VAE_KIND[model]
     trained = {}

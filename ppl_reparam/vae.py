@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .report import markdown_table, write_csv, write_json
-from .specs import EstimatorSpec, parse_spec
+from .specs import RelaxedSpec, RunSpec, parse_run_spec, parse_spec
 from .stats import MIN_REPS
 
 if TYPE_CHECKING:
@@ -67,68 +67,6 @@ DEFAULT_ESTIMATORS = {
 }
 IWAE_SPELLINGS = {"pathwise": "iwae", "score": "iwae-vimco", "vimco": "iwae-vimco", "dreg": "iwae-dreg"}
 """``--objective iwae --estimator E`` -> the IWAE spec base."""
-
-
-# --------------------------------------------------------------------------------- estimator specs
-@dataclass(frozen=True)
-class RelaxedSpec:
-    """``relaxed+t=T[:K]``: the discrete model's Concrete relaxation at temperature ``T``, trained by
-    the pathwise estimator with ``K`` particles (default 1). The same attributes as an
-    :class:`~ppl_reparam.specs.EstimatorSpec` where they apply."""
-
-    temperature: float
-    particles: int = 1
-    base = "relaxed"
-    is_iwae = False
-    analytic_kl = False
-    stl = False
-    baseline = None
-
-    def __str__(self) -> str:
-        return f"relaxed+t={self.temperature:g}" + (f":{self.particles}" if self.particles != 1 else "")
-
-
-RunSpec = EstimatorSpec | RelaxedSpec
-
-
-def _parse_relaxed(text: str) -> RelaxedSpec:
-    body, _, k = text.strip().partition(":")
-    _, *options = body.split("+")
-    if len(options) != 1 or not options[0].startswith("t="):
-        raise ValueError(f"estimator spec {text!r}: the relaxation takes one option, its temperature: relaxed+t=T[:K]")
-    try:
-        temperature = float(options[0][2:])
-    except ValueError:
-        raise ValueError(f"estimator spec {text!r}: temperature {options[0][2:]!r} is not a number") from None
-    if not (temperature > 0 and math.isfinite(temperature)):
-        raise ValueError(f"estimator spec {text!r}: the temperature must be positive and finite")
-    try:
-        particles = int(k) if k else 1
-    except ValueError:
-        raise ValueError(f"estimator spec {text!r}: particles after ':' must be an integer, got {k!r}") from None
-    if particles < 1:
-        raise ValueError(f"estimator spec {text!r}: particles must be positive")
-    return RelaxedSpec(temperature, particles)
-
-
-def parse_run_spec(text: str) -> RunSpec:
-    """An estimator spec (:func:`ppl_reparam.specs.parse_spec`) or ``relaxed+t=T[:K]``."""
-    if text.strip().split("+")[0].split(":")[0] == "relaxed":
-        return _parse_relaxed(text)
-    try:
-        return parse_spec(text)
-    except ValueError as e:
-        if "unknown base" in str(e):
-            raise ValueError(f"{e}, or relaxed+t=T (discrete model)") from None
-        raise
-
-
-def objective_of(spec: RunSpec) -> str:
-    """The objective a spec's gradient estimates: ``elbo`` (score, pathwise, any baseline, akl, stl),
-    ``iwae:K`` or ``relaxed:T``. Two specs estimate the same gradient iff their objectives match."""
-    if isinstance(spec, RelaxedSpec):
-        return f"relaxed:{spec.temperature:g}"
-    return f"iwae:{spec.particles}" if spec.is_iwae else "elbo"
 
 
 def _with_particles(spec: RunSpec, particles: int) -> RunSpec:

@@ -44,9 +44,8 @@ from ..data import binarize, load_dataset, minibatches
 from ..models.discrete_vae import AmortizedBernoulli, make_discrete_vae, relaxation
 from ..models.vae import make_vae
 from ..report import atomic_write_bytes
-from ..specs import EstimatorSpec
+from ..specs import EstimatorSpec, RelaxedSpec, RunSpec, objective_of, parse_run_spec
 from ..stats import GroupStats, MeanAgreement, variance_ratio
-from ..vae import RelaxedSpec, RunSpec, objective_of, parse_run_spec
 from .baselines import LearnedBaseline
 from .elbo import ScoreFunctionELBO
 from .specs import make_elbo
