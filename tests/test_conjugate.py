@@ -9,7 +9,6 @@ optimum is the posterior itself and the remaining error is optimization noise.
 
 import pyro
 import pytest
-import torch
 from pyro.infer import SVI
 from pyro.optim import ClippedAdam
 
@@ -49,13 +48,6 @@ ESTIMATORS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine torch's thread pool makes tiny ops 1000x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def optimizer(steps: int, lr: float, final_lr: float) -> ClippedAdam:

@@ -77,12 +77,6 @@ def exact_loss(guide: AmortizedNormal, x: torch.Tensor, num_data: int) -> torch.
     return -(lik + prior + entropy).sum() * num_data / len(x)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.mark.parametrize("elbo_class", [ScoreFunctionELBO, PathwiseELBO])

@@ -53,12 +53,10 @@ TINY = VAEConfig(
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
+def one_blas_thread():
+    """One BLAS thread too (conftest already gives torch one), as `ppl-reparam vae --threads 1` does."""
     with threadpool_limits(limits=1):
         yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
