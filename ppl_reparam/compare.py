@@ -121,7 +121,6 @@ def _vae_target(model: str, seed: int, batch_size: int, checkpoint: str | None, 
     from .data import load_dataset
     from .models.discrete_vae import relaxation
     from .pyro.training import (
-        GROUPS,
         TrainingRun,
         _build_runs,
         build_model,
@@ -131,6 +130,7 @@ def _vae_target(model: str, seed: int, batch_size: int, checkpoint: str | None, 
     )
     from .pyro.variance import _isolated_rng
     from .specs import parse_run_spec
+    from .study import group_names
     from .vae import DEFAULT_LATENT_DIM, VAEConfig
 
     kind = VAE_KIND[model]
@@ -172,7 +172,7 @@ def _vae_target(model: str, seed: int, batch_size: int, checkpoint: str | None, 
         description=description, model=run.model, guide=run.guide, args=(x,),
         kwargs={"num_data": len(data.train)}, active=run.active, make_elbo=make_run_elbo,
         relaxed=lambda spec: relaxation(run.model, run.guide, temperature_of(spec)),
-        groups=lambda names: {g: [n for n in names if n.split(".")[0] == g] for g in GROUPS},
+        groups=group_names,
         trained=trained,
     )
 
@@ -187,8 +187,8 @@ def measure(
     import torch
     from tqdm.auto import tqdm
 
-    from .pyro.training import _seed, comparison_rows, group_rows
     from .pyro.variance import _isolated_rng, gradient_variance
+    from .study import comparison_rows, derived_seed, group_rows
 
     names = {str(s): s for s in specs}
     stats = {}
@@ -204,11 +204,11 @@ def measure(
                 if spec.baseline in ("moving_average", "learned") and name not in target.trained and warmup:
                     # the baseline learns the cost at these parameters; loss_and_grads under no_grad
                     # updates it and leaves the parameters and their .grad alone
-                    with _isolated_rng(_seed(seed, j, 1)), torch.no_grad():
+                    with _isolated_rng(derived_seed(seed, j, 1)), torch.no_grad():
                         for _ in range(warmup):
                             elbo.loss_and_grads(target.model, target.guide, *target.args, **target.kwargs)
                 stats[name] = gradient_variance(
-                    elbo, target.model, target.guide, *target.args, num_reps=reps, seed=_seed(seed, j),
+                    elbo, target.model, target.guide, *target.args, num_reps=reps, seed=derived_seed(seed, j),
                     method="loop", confidence=confidence, **target.kwargs,
                 )
     groups = target.groups(list(next(iter(stats.values()))))

@@ -55,7 +55,7 @@ from .specs import RelaxedSpec, RunSpec, parse_run_spec, parse_spec
 from .stats import MIN_REPS
 
 if TYPE_CHECKING:
-    from .pyro.training import VAEResult
+    from .study import VAEResult
 
 MODELS = ("gaussian", "discrete")
 DEFAULT_LATENT_DIM = {"gaussian": 8, "discrete": 16}

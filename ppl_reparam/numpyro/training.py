@@ -32,7 +32,6 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any, Protocol
@@ -50,7 +49,7 @@ from ..data import binarize, load_dataset, minibatches
 from ..models.vae_numpyro import VAE, make_vae
 from ..report import atomic_write_bytes
 from ..specs import EstimatorSpec, parse_spec
-from ..stats import GradientStats, GroupStats, MeanAgreement, variance_ratio
+from ..study import VAEResult, comparison_rows, derived_seed, group_names, group_rows
 from .elbo import PathwiseELBO, ScoreFunctionELBO
 from .variance import gradient_variance
 
@@ -74,8 +73,6 @@ FORMAT = 1
 """Version of the checkpoint layout."""
 IMAGES = 10
 """Test images shown, with their reconstructions and as many prior samples."""
-GROUPS = ("encoder", "decoder")
-"""Parameter groups, by the first component of the parameter's name."""
 
 
 class VAESettings(Protocol):
@@ -98,11 +95,6 @@ class VAESettings(Protocol):
     measure_on: tuple[str, ...]
 
     def key(self) -> dict[str, Any]: ...
-
-
-def _seed(*keys: int) -> int:
-    """A 32-bit seed derived from integer keys (NumPy ``SeedSequence``), as the Pyro study derives its."""
-    return int(np.random.SeedSequence(list(keys)).generate_state(1)[0])
 
 
 def make_elbo(spec: str | EstimatorSpec) -> PathwiseELBO | ScoreFunctionELBO:
@@ -285,10 +277,6 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[
     return json.loads(arrays.pop("meta.json").item()), arrays
 
 
-def _group_names(stats: GradientStats) -> dict[str, list[str]]:
-    return {g: [n for n in stats if n.split(".")[0] == g] for g in GROUPS}
-
-
 def measure_estimators(
     model: Callable,
     guide: Callable,
@@ -322,78 +310,18 @@ def measure_estimators(
             x,
             params=params,
             num_reps=num_reps,
-            seed=_seed(seed, j),
+            seed=derived_seed(seed, j),
             confidence=confidence,
             num_data=num_data,
         )
-    groups = _group_names(next(iter(stats.values())))
-    rows = []
-    for name, measured in stats.items():
-        particles, per_estimate = measured.num_particles, measured.seconds / measured.num_reps
-        for group, names in groups.items():
-            g = GroupStats.from_stats(measured, names, confidence, seed=seed)
-            (low, high), total = g.total_variance_ci, g.total_variance
-            rows.append(
-                {
-                    "measured": name,
-                    "group": group,
-                    "particles": particles,
-                    "total_variance": total,
-                    "ci_low": low,
-                    "ci_high": high,
-                    "per_sample_variance": total * particles,
-                    "per_sample_ci_low": low * particles,
-                    "per_sample_ci_high": high * particles,
-                    "mean_snr": g.mean_snr,
-                    "elements": g.num_elements,
-                    "reps": g.num_reps,
-                    "seconds": measured.seconds,
-                    "seconds_per_estimate": per_estimate,
-                    "variance_x_seconds": total * per_estimate,
-                }
-            )
-    reference = next((r for r in ("pathwise", "score") if r in stats), None)
-    comparisons = []
-    for name in stats if reference else []:
-        if name == reference:
-            continue
-        factor = stats[name].num_particles / stats[reference].num_particles
-        for group, names in groups.items():
-            ratio, (low, high) = variance_ratio(stats[name], stats[reference], names, confidence, seed=seed)
-            agreement = MeanAgreement.from_stats(stats[name], stats[reference], names, confidence)
-            comparisons.append(
-                {
-                    "measured": name,
-                    "reference": reference,
-                    "group": group,
-                    "variance_ratio": ratio * factor,
-                    "ratio_ci_low": low * factor,
-                    "ratio_ci_high": high * factor,
-                    "same_objective": True,
-                    "means_mean_z2": agreement.mean_z2,
-                    "means_fraction_outside": agreement.fraction_outside,
-                    "means_max_abs_z": agreement.max_abs_z,
-                    "means_bonferroni_z": agreement.bonferroni_z,
-                    "means_agree": agreement.agrees,
-                    "elements": agreement.num_elements,
-                }
-            )
-    return rows, comparisons
-
-
-@dataclass
-class VAEResult:
-    """What :func:`train_vae_numpyro` produced, with the fields of the Pyro study's result: one history
-    row per run and epoch, the gradient-variance rows and comparisons per measured epoch, image rows
-    for the figure, the runs, and the data sizes."""
-
-    history: list[dict[str, Any]]
-    variance: list[dict[str, Any]]
-    comparison: list[dict[str, Any]]
-    images: list[tuple[str, np.ndarray]]
-    runs: list[TrainingRun]
-    num_train: int
-    num_test: int
+    groups = group_names(next(iter(stats.values())))
+    specs = {name: parse_spec(name) for name in stats}
+    rows = [
+        {"measured": name, **row}
+        for name, measured in stats.items()
+        for row in group_rows(measured, groups, measured.num_particles, confidence, seed)
+    ]
+    return rows, comparison_rows(stats, specs, groups, confidence, seed)
 
 
 def _check_resume(path: Path, config: VAESettings) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -469,7 +397,7 @@ def train_vae_numpyro(
 
     def evaluate(run: TrainingRun, epoch: int, train_elbo: float, seconds: float) -> None:
         test, se = evaluate_elbo(
-            vae.model, vae.guide, run.params, data.test, config.test_particles, _seed(config.seed, epoch)
+            vae.model, vae.guide, run.params, data.test, config.test_particles, derived_seed(config.seed, epoch)
         )
         run.history.append(
             {
@@ -492,7 +420,7 @@ def train_vae_numpyro(
                 x_fixed,
                 num_data,
                 num_reps=config.variance_reps,
-                seed=_seed(config.seed, epoch, i),
+                seed=derived_seed(config.seed, epoch, i),
             )
             variance.extend({"epoch": epoch, "trained_with": run.name, **r} for r in rows)
             comparison.extend({"epoch": epoch, "trained_with": run.name, **c} for c in comparisons)

@@ -28,7 +28,6 @@ import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,8 +43,8 @@ from ..data import binarize, load_dataset, minibatches
 from ..models.discrete_vae import AmortizedBernoulli, make_discrete_vae, relaxation
 from ..models.vae import make_vae
 from ..report import atomic_write_bytes
-from ..specs import EstimatorSpec, RelaxedSpec, RunSpec, objective_of, parse_run_spec
-from ..stats import GroupStats, MeanAgreement, variance_ratio
+from ..specs import EstimatorSpec, RelaxedSpec, RunSpec, parse_run_spec
+from ..study import VAEResult, comparison_rows, derived_seed, group_names, group_rows
 from .baselines import LearnedBaseline
 from .elbo import ScoreFunctionELBO
 from .specs import make_elbo
@@ -276,90 +275,6 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------- the VAE study
-GROUPS = ("encoder", "decoder")
-"""Parameter groups, by the first component of the param-store name."""
-
-
-def _seed(*keys: int) -> int:
-    """A 32-bit seed derived from integer keys (NumPy SeedSequence)."""
-    return int(np.random.SeedSequence(list(keys)).generate_state(1)[0])
-
-
-def group_rows(
-    stats: Mapping[str, Any], groups: Mapping[str, Sequence[str]], particles: int, confidence: float, seed: int
-) -> list[dict[str, Any]]:
-    """One row per parameter group of a :class:`~ppl_reparam.stats.GradientStats` measurement:
-    total variance of the estimate with its interval, per-sample variance (x ``particles``) with its
-    interval, mean SNR, seconds per estimate and the work-normalized variance (variance x seconds)."""
-    rows = []
-    per_estimate = stats.seconds / stats.num_reps
-    for group, names in groups.items():
-        g = GroupStats.from_stats(stats, names, confidence, seed=seed)
-        rows.append(
-            {
-                "group": group,
-                "particles": particles,
-                "total_variance": g.total_variance,
-                "ci_low": g.total_variance_ci[0],
-                "ci_high": g.total_variance_ci[1],
-                "per_sample_variance": g.total_variance * particles,
-                "per_sample_ci_low": g.total_variance_ci[0] * particles,
-                "per_sample_ci_high": g.total_variance_ci[1] * particles,
-                "mean_snr": g.mean_snr,
-                "elements": g.num_elements,
-                "reps": g.num_reps,
-                "seconds": stats.seconds,
-                "seconds_per_estimate": per_estimate,
-                "variance_x_seconds": g.total_variance * per_estimate,
-            }
-        )
-    return rows
-
-
-def reference_of(names: Sequence[str]) -> str | None:
-    """The estimator others are compared with: ``pathwise`` if measured, else ``score``, else None."""
-    return next((r for r in ("pathwise", "score") if r in names), None)
-
-
-def comparison_rows(
-    stats: Mapping[str, Any], specs: Mapping[str, RunSpec], groups: Mapping[str, Sequence[str]],
-    confidence: float, seed: int,
-) -> list[dict[str, Any]]:
-    """Every measured spec against the reference (:func:`reference_of`), per group: the ratio of
-    per-sample total variances (variance x particles) with its bootstrap-t interval
-    (:func:`~ppl_reparam.stats.variance_ratio`), whether the two estimate the same objective's
-    gradient, and the agreement of their means (:class:`~ppl_reparam.stats.MeanAgreement`)."""
-    reference = reference_of(list(stats))
-    rows = []
-    if reference is None:
-        return rows
-    for name, measured in stats.items():
-        if name == reference:
-            continue
-        scale = specs[name].particles / specs[reference].particles
-        for group, names in groups.items():
-            ratio, (low, high) = variance_ratio(measured, stats[reference], names, confidence, seed=seed)
-            agreement = MeanAgreement.from_stats(measured, stats[reference], names, confidence)
-            rows.append(
-                {
-                    "measured": name,
-                    "reference": reference,
-                    "group": group,
-                    "variance_ratio": ratio * scale,
-                    "ratio_ci_low": low * scale,
-                    "ratio_ci_high": high * scale,
-                    "same_objective": objective_of(specs[name]) == objective_of(specs[reference]),
-                    "means_mean_z2": agreement.mean_z2,
-                    "means_fraction_outside": agreement.fraction_outside,
-                    "means_max_abs_z": agreement.max_abs_z,
-                    "means_bonferroni_z": agreement.bonferroni_z,
-                    "means_agree": agreement.agrees,
-                    "elements": agreement.num_elements,
-                }
-            )
-    return rows
-
-
 def measure_estimators(
     run: TrainingRun,
     estimators: Sequence[RunSpec | str],
@@ -389,30 +304,16 @@ def measure_estimators(
             elbo = (elbos or {}).get(name) or make_run_elbo(spec)
             with relaxation(run.model, run.guide, temperature_of(spec)):
                 stats[name] = gradient_variance(
-                    elbo, run.model, run.guide, x, num_reps=num_reps, seed=_seed(seed, j), method=method,
+                    elbo, run.model, run.guide, x, num_reps=num_reps, seed=derived_seed(seed, j), method=method,
                     num_data=num_data,
                 )
-    groups = {g: [n for n in next(iter(stats.values())) if n.split(".")[0] == g] for g in GROUPS}
+    groups = group_names(next(iter(stats.values())))
     rows = [
         {"measured": name, **row}
         for name, measured in stats.items()
         for row in group_rows(measured, groups, specs[name].particles, confidence, seed)
     ]
     return rows, comparison_rows(stats, specs, groups, confidence, seed)
-
-
-@dataclass
-class VAEResult:
-    """What :func:`train_vae` produced: one history row per run and epoch, the gradient-variance
-    rows and comparisons per measured epoch, image rows for the figure, the runs."""
-
-    history: list[dict[str, Any]]
-    variance: list[dict[str, Any]]
-    comparison: list[dict[str, Any]]
-    images: list[tuple[str, np.ndarray]]
-    runs: list[TrainingRun]
-    num_train: int
-    num_test: int
 
 
 def _build_runs(config: VAEConfig, input_dim: int) -> list[TrainingRun]:
@@ -447,7 +348,7 @@ def _measure(
         if config.measure_on and run.name not in config.measure_on:
             continue
         rows, comparisons = measure_estimators(
-            run, config.specs, x, num_data, num_reps=config.variance_reps, seed=_seed(config.seed, epoch, i),
+            run, config.specs, x, num_data, num_reps=config.variance_reps, seed=derived_seed(config.seed, epoch, i),
             elbos=elbos,
         )
         variance += [{"epoch": epoch, "trained_with": run.name, **r} for r in rows]
@@ -462,7 +363,7 @@ def _evaluate(
     their own relaxed objective on the test set (same seed)."""
     discrete = config.model == "discrete"
     estimator = "score" if discrete else "pathwise"
-    seed = _seed(config.seed, epoch)
+    seed = derived_seed(config.seed, epoch)
     with run.active():
         with relaxation(run.model, run.guide, None):
             test, se = evaluate_elbo(run.model, run.guide, x_test, config.test_particles, seed, estimator)
