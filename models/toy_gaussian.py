@@ -9,51 +9,17 @@ The model has a flat prior on ``x`` and a factor :math:`-f(x)`; the guide is
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import pyro
 import pyro.distributions as dist
 import torch
-from numpy.polynomial import Polynomial
 from pyro.distributions import constraints
 
-from ppl_reparam.analytic import SQUARE
-
-Cost = Callable[[torch.Tensor], torch.Tensor]
+from ppl_reparam.analytic import ToyProblem
 
 
-def polynomial_cost(p: Polynomial) -> Cost:
-    """The polynomial ``p`` as a function of a tensor (Horner's rule)."""
-    coefs = [float(c) for c in p.coef[::-1]]
-
-    def f(x: torch.Tensor) -> torch.Tensor:
-        out = torch.zeros_like(x) + coefs[0]
-        for c in coefs[1:]:
-            out = out * x + c
-        return out
-
-    return f
-
-
-class ToyGaussian:
+class ToyGaussian(ToyProblem):
     """Model and guide of the toy problem; ``f`` is a numpy ``Polynomial`` (closed forms known) or
     any function of a tensor. Parameters live in Pyro's param store as ``theta`` and ``sigma``."""
-
-    def __init__(
-        self,
-        theta: float = 2.0,
-        sigma: float = 1.0,
-        *,
-        learn_scale: bool = False,
-        f: Polynomial | Cost = SQUARE,
-    ):
-        if sigma <= 0:
-            raise ValueError(f"sigma must be positive, got {sigma}")
-        self.theta = float(theta)
-        self.sigma = float(sigma)
-        self.learn_scale = learn_scale
-        self.polynomial = f if isinstance(f, Polynomial) else None
-        self.f = polynomial_cost(f) if isinstance(f, Polynomial) else f
 
     def model(self) -> None:
         """Flat prior on ``x`` and the factor ``-f(x)``."""

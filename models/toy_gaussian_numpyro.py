@@ -10,52 +10,18 @@ for every estimator: :mod:`ppl_reparam.analytic`. Same problem as :mod:`ppl_repa
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import jax
 import jax.numpy as jnp
 import numpyro
 import numpyro.distributions as dist
-from numpy.polynomial import Polynomial
 from numpyro.distributions import constraints
 
-from ppl_reparam.analytic import SQUARE
-
-Cost = Callable[[jax.Array], jax.Array]
+from ppl_reparam.analytic import ToyProblem
 
 
-def polynomial_cost(p: Polynomial) -> Cost:
-    """The polynomial ``p`` as a function of a JAX array (Horner's rule)."""
-    coefs = [float(c) for c in p.coef[::-1]]
-
-    def f(x: jax.Array) -> jax.Array:
-        out = jnp.zeros_like(x) + coefs[0]
-        for c in coefs[1:]:
-            out = out * x + c
-        return out
-
-    return f
-
-
-class ToyGaussian:
+class ToyGaussian(ToyProblem):
     """Model and guide of the toy problem; ``f`` is a numpy ``Polynomial`` (closed forms known) or
     any function of a JAX array. Parameters are NumPyro params ``theta`` and ``sigma``."""
-
-    def __init__(
-        self,
-        theta: float = 2.0,
-        sigma: float = 1.0,
-        *,
-        learn_scale: bool = False,
-        f: Polynomial | Cost = SQUARE,
-    ):
-        if sigma <= 0:
-            raise ValueError(f"sigma must be positive, got {sigma}")
-        self.theta = float(theta)
-        self.sigma = float(sigma)
-        self.learn_scale = learn_scale
-        self.polynomial = f if isinstance(f, Polynomial) else None
-        self.f = polynomial_cost(f) if isinstance(f, Polynomial) else f
 
     def model(self) -> None:
         """Flat prior on ``x`` and the factor ``-f(x)``."""

@@ -34,7 +34,9 @@ Estimation in Machine Learning", JMLR 2020, section 3.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from numpy.polynomial import Polynomial
 
@@ -170,3 +172,34 @@ def rloo_per_sample_variance(
     s2, c, c2, cs, cs2 = (expect(p) for p in (score**2, cost, cost**2, cost * score, cost * score**2))
     pairs = (s2 * c2 + (k - 2) * s2 * c**2 + cs**2) / (k - 1)
     return Moments.of(cost * score).variance + pairs - 2 * cs2 * c
+
+
+def horner(p: Polynomial) -> Callable[[Any], Any]:
+    """The polynomial ``p`` as a function of a torch tensor or a JAX array (Horner's rule)."""
+    coefs = [float(c) for c in p.coef[::-1]]
+
+    def f(x: Any) -> Any:
+        out = 0 * x + coefs[0]
+        for c in coefs[1:]:
+            out = out * x + c
+        return out
+
+    return f
+
+
+class ToyProblem:
+    """The toy problem's settings, shared by both backends' models (``models/toy_gaussian*.py``): the
+    guide's initial loc ``theta`` and its scale ``sigma`` (learnable with ``learn_scale``), and the
+    cost ``f``, a numpy ``Polynomial`` (closed forms known; evaluated by :func:`horner`) or any
+    function of an array."""
+
+    def __init__(
+        self, theta: float = 2.0, sigma: float = 1.0, *, learn_scale: bool = False,
+        f: Polynomial | Callable[[Any], Any] = SQUARE,
+    ):
+        if sigma <= 0:
+            raise ValueError(f"sigma must be positive, got {sigma}")
+        self.theta = float(theta)
+        self.sigma = float(sigma)
+        self.learn_scale = learn_scale
+        self.f = horner(f) if isinstance(f, Polynomial) else f

@@ -109,3 +109,12 @@ def test_leave_one_out_limits():
     assert rloo_per_sample_variance(theta, 2) > limit
     with pytest.raises(ValueError, match="at least 2 particles"):
         rloo_per_sample_variance(theta, 1)
+
+
+def test_horner_evaluates_the_polynomial_and_toy_problem_checks_sigma():
+    p = Polynomial([1.0, -2.0, 0.5, 3.0])
+    x = np.array([-1.5, 0.0, 2.0])
+    np.testing.assert_allclose(analytic.horner(p)(x), p(x))
+    np.testing.assert_allclose(analytic.horner(Polynomial([4.0]))(x), [4.0, 4.0, 4.0])
+    with pytest.raises(ValueError, match="sigma must be positive"):
+        analytic.ToyProblem(sigma=0.0)
