@@ -25,24 +25,10 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro.infer import Trace_ELBO
+from reference import THETA, numpy_loop
 
 from ppl_reparam.models.toy_gaussian import ToyGaussian
 from ppl_reparam.pyro import PathwiseELBO, ScoreFunctionELBO, gradient_variance
-
-THETA = 2.0
-
-
-def numpy_loop(samples: list[int], reps: int, seed: int = 0) -> None:
-    rng = np.random.default_rng(seed)
-    for n in samples:
-        score, path = [], []
-        for _ in range(reps):
-            x = THETA + rng.standard_normal(n)
-            score.append(np.mean(x**2 * (x - THETA)))
-        for _ in range(reps):
-            x = THETA + rng.standard_normal(n)
-            path.append(np.mean(2 * x))
-        np.var(score), np.var(path)
 
 
 def pyro_loop(samples: list[int], reps: int, seed: int = 0) -> None:

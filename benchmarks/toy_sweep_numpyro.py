@@ -31,24 +31,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
+from reference import THETA, numpy_loop
 
 from ppl_reparam.models.toy_gaussian_numpyro import ToyGaussian
 from ppl_reparam.numpyro import PathwiseELBO, ScoreFunctionELBO, gradient_variance
-
-THETA = 2.0
-
-
-def numpy_loop(samples: list[int], reps: int, seed: int = 0) -> None:
-    rng = np.random.default_rng(seed)
-    for n in samples:
-        score, path = [], []
-        for _ in range(reps):
-            x = THETA + rng.standard_normal(n)
-            score.append(np.mean(x**2 * (x - THETA)))
-        for _ in range(reps):
-            x = THETA + rng.standard_normal(n)
-            path.append(np.mean(2 * x))
-        np.var(score), np.var(path)
 
 
 def jax_floor() -> Callable[[list[int], int], None]:

@@ -17,7 +17,9 @@ Concrete / Gumbel-softmax relaxation at temperature ``T``, trained pathwise on t
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 BASES = ("score", "pathwise", "iwae", "iwae-vimco", "iwae-dreg")
 IWAE_ESTIMATOR = {"iwae": "pathwise", "iwae-vimco": "score", "iwae-dreg": "dreg"}
@@ -154,3 +156,20 @@ def objective_of(spec: RunSpec) -> str:
     if isinstance(spec, RelaxedSpec):
         return f"relaxed:{spec.temperature:g}"
     return f"iwae:{spec.particles}" if spec.is_iwae else "elbo"
+
+
+def make_baseline(
+    spec: Any, kinds: Mapping[str, Callable[[], Any]], constant: Callable[[float], Any], base: type
+) -> Any:
+    """A backend's baseline from ``spec``: None, an instance of ``base``, a number (``constant(spec)``)
+    or a name in ``kinds`` (``kinds[name]()``); a ValueError otherwise."""
+    if spec is None or isinstance(spec, base):
+        return spec
+    if isinstance(spec, (int, float)) and not isinstance(spec, bool):
+        return constant(spec)
+    if isinstance(spec, str) and spec in kinds:
+        return kinds[spec]()
+    raise ValueError(
+        f"unknown baseline {spec!r}; expected one of {sorted(kinds)}, a number (a constant "
+        "baseline), a Baseline instance, or None"
+    )

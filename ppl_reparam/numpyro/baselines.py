@@ -68,6 +68,7 @@ from jax.lax import stop_gradient
 from numpyro.handlers import trace
 from numpyro.primitives import mutable
 
+from .. import specs
 from .handlers import is_guide_latent
 
 STATE_PREFIX = "_baseline."
@@ -301,13 +302,4 @@ BASELINES = {
 
 def make_baseline(spec: str | float | Baseline | None) -> Baseline | None:
     """A baseline from a name in :data:`BASELINES`, a number (constant), an instance, or None."""
-    if spec is None or isinstance(spec, Baseline):
-        return spec
-    if isinstance(spec, (int, float)) and not isinstance(spec, bool):
-        return ConstantBaseline(spec)
-    if isinstance(spec, str) and spec in BASELINES:
-        return BASELINES[spec]()
-    raise ValueError(
-        f"unknown baseline {spec!r}; expected one of {sorted(BASELINES)}, a number (a constant "
-        "baseline), a Baseline instance, or None"
-    )
+    return specs.make_baseline(spec, BASELINES, ConstantBaseline, Baseline)

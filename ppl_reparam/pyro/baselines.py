@@ -32,6 +32,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import specs
+
 
 @dataclass(frozen=True)
 class Context:
@@ -213,13 +215,4 @@ BASELINES = {
 
 def make_baseline(spec: str | float | Baseline | None) -> Baseline | None:
     """A baseline from a name in :data:`BASELINES`, a number (constant), an instance, or None."""
-    if spec is None or isinstance(spec, Baseline):
-        return spec
-    if isinstance(spec, (int, float)) and not isinstance(spec, bool):
-        return ConstantBaseline(spec)
-    if isinstance(spec, str) and spec in BASELINES:
-        return BASELINES[spec]()
-    raise ValueError(
-        f"unknown baseline {spec!r}; expected one of {sorted(BASELINES)}, a number (a constant "
-        "baseline), a Baseline instance, or None"
-    )
+    return specs.make_baseline(spec, BASELINES, ConstantBaseline, Baseline)
