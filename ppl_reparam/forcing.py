@@ -9,7 +9,9 @@ the choice to the site's distribution.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 ESTIMATORS = ("score", "pathwise")
@@ -49,13 +51,40 @@ class SiteChoices:
             return check_estimator(requested, f"site {name!r} (infer={{'estimator': ...}})")
         return self.estimator if self.sites is None else None
 
-    def check_sites_seen(self) -> None:
-        """Raise if ``sites`` named a site that the guide never sampled."""
-        missing = (self.sites or frozenset()) - self.seen
-        if missing:
+    def unknown(self, model_sites: Iterable[str]) -> list[str]:
+        """The named sites that are neither sampled by the guide in this run nor sites of the model
+        (``model_sites``): names that cannot be right on this call."""
+        return sorted((self.sites or frozenset()) - self.seen - set(model_sites))
+
+
+@contextmanager
+def checking_sites() -> Iterator[list[SiteChoices]]:
+    """Collect the :class:`SiteChoices` of the :class:`ForcedGuide` calls inside the block, for an
+    ELBO to check against the model's sites (:func:`check_named_sites`) instead of each guide alone."""
+    found: list[SiteChoices] = []
+    _COLLECTORS.append(found)
+    try:
+        yield found
+    finally:
+        _COLLECTORS.pop()
+
+
+_COLLECTORS: list[list[SiteChoices]] = []
+
+
+def check_named_sites(choices: Iterable[SiteChoices], model_sites: Iterable[str], guide_latents: Iterable[str]) -> None:
+    """Raise a ValueError for a site named for an estimator (by an ELBO's ``sites=`` or
+    :func:`force_estimator`) that is neither a latent site of the guide nor a site of the model on this
+    call. A named site that the guide skips on some calls (the label ``y`` of a semi-supervised guide,
+    observed in the model when given) is accepted on those calls."""
+    model_sites = set(model_sites)
+    for choice in choices:
+        unknown = choice.unknown(model_sites)
+        if unknown:
             raise ValueError(
-                f"sites {sorted(missing)} were named for the {self.estimator!r} estimator but the "
-                f"guide has no such latent sample site; its latent sites are {sorted(self.seen)}"
+                f"sites {unknown} were named for the {choice.estimator!r} estimator but are neither latent "
+                f"sites of the guide nor sites of the model; the guide's latent sites are "
+                f"{sorted(guide_latents)}"
             )
 
 
@@ -72,13 +101,32 @@ class ForcedGuide:
         self.sites = None if sites is None else tuple(sites)
         self.messenger = messenger
         SiteChoices(estimator, self.sites)  # validate the arguments now
+        self._seen: set[str] = set()
+        self._warned: set[str] = set()
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         messenger = self.messenger(self.estimator, self.sites)
         with messenger:
             result = self.guide(*args, **kwargs)
-        messenger.choices.check_sites_seen()
+        self._check(messenger.choices)
         return result
+
+    def _check(self, choices: SiteChoices) -> None:
+        """Under this package's ELBOs, hand ``choices`` to the ELBO, which checks them against the
+        model's sites; elsewhere (the model unseen), warn once per named site that no call so far has
+        sampled (it may be a typo, or a site this guide samples only on some calls)."""
+        if _COLLECTORS:
+            _COLLECTORS[-1].append(choices)
+            return
+        self._seen |= choices.seen
+        for name in sorted(set(self.sites or ()) - self._seen - self._warned):
+            self._warned.add(name)
+            warnings.warn(
+                f"force_estimator: site {name!r} named for the {self.estimator!r} estimator has not been "
+                f"sampled by the guide in any call so far (its latent sites: {sorted(self._seen)}). If it "
+                "is sampled only on some calls this is expected; otherwise check the name.",
+                stacklevel=3,
+            )
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.__dict__["guide"], name)

@@ -268,7 +268,9 @@ def variance_ratio_ci(
 
     Both need the same number of repetitions: rows are resampled in pairs, which is valid whether the
     two were drawn independently or with common random numbers. The standard error of
-    ``log(T_a / T_b)`` is ``sd(d_a,r / T_a - d_b,r / T_b) / sqrt(R)`` (delta method).
+    ``log(T_a / T_b)`` is ``sd(d_a,r / T_a - d_b,r / T_b) / sqrt(R)`` (delta method). When it is zero
+    (up to rounding), as for identical or proportional samples, the ratio is exact and the interval
+    is that single point.
     """
     a = np.asarray(samples_a, dtype=np.float64).reshape(len(samples_a), -1)
     b = np.asarray(samples_b, dtype=np.float64).reshape(len(samples_b), -1)
@@ -285,6 +287,8 @@ def variance_ratio_ci(
     (boot_spread_a, boot_a), (boot_spread_b, boot_b) = _resampled_spread(a, counts), _resampled_spread(b, counts)
     estimate = float(total_a[0] / total_b[0])
     se_log = float(_weighted_sd(spread_a / total_a[0] - spread_b / total_b[0], ones)[0]) / np.sqrt(n)
+    if se_log <= 1e-12:
+        return estimate, (estimate, estimate)
     with np.errstate(divide="ignore", invalid="ignore"):
         influence = boot_spread_a / boot_a[:, None] - boot_spread_b / boot_b[:, None]
         boot_se_log = _weighted_sd(influence, counts) / np.sqrt(n)

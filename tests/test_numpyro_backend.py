@@ -412,9 +412,11 @@ def test_num_particles_must_be_positive_integer(num_particles):
 
 
 def test_named_site_missing_from_guide():
-    with pytest.raises(ValueError, match=r"sites \['nope'\].*no such latent sample site.*\['x'\]"):
+    with pytest.raises(ValueError, match=r"sites \['nope'\].*neither latent sites of the guide nor.*'x'"):
         ScoreFunctionELBO(sites=["nope"]).loss(KEY, {"theta": 2.0}, TOY.model, TOY.guide)
     with pytest.raises(ValueError, match=r"sites \['nope'\]"):
+        PathwiseELBO().loss(KEY, {"theta": 2.0}, TOY.model, force_estimator(TOY.guide, "score", sites=["nope"]))
+    with pytest.warns(UserWarning, match=r"site 'nope' named for the 'score' estimator has not been sampled"):
         trace(seed(force_estimator(TOY.guide, "score", sites=["nope"]), 0)).get_trace()
 
 

@@ -225,8 +225,35 @@ def test_force_estimator_per_site_precedence():
     assert grads(force_estimator(guide, "pathwise", sites=["b"])) == [True, True, True]  # named wins
     assert grads(force_estimator(guide, "score", sites=["a"])) == [False, False, True]  # c untouched
     assert grads(force_estimator(guide, "score")) == [False, False, False]
-    with pytest.raises(ValueError, match=r"sites \['nope'\].*no such latent sample site"):
+    with pytest.warns(UserWarning, match=r"site 'nope' named for the 'score' estimator has not been sampled"):
         force_estimator(guide, "score", sites=["nope"])()
+
+
+def test_named_sites_are_checked_against_guide_and_model():
+    """A named site may be skipped by the guide on calls where the model observes it (the label of a
+    semi-supervised guide); a name that is in neither raises under this package's ELBOs."""
+
+    def model(y=None):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        pyro.sample("y", dist.Bernoulli(logits=z), obs=y)
+
+    def guide(y=None):
+        pyro.sample("z", dist.Normal(pyro.param("m", torch.tensor(0.0)), 1.0))
+        if y is None:
+            pyro.sample("y", dist.Bernoulli(logits=pyro.param("phi", torch.tensor(0.0))))
+
+    labelled, unlabelled = torch.tensor(1.0), None
+    for forced, elbo in [
+        (force_estimator(guide, "score", sites=["y"]), PathwiseELBO()),
+        (guide, PathwiseELBO(sites=["z"])),
+        (force_estimator(guide, "score", sites=["z", "y"]), ScoreFunctionELBO()),
+    ]:
+        for y in (labelled, unlabelled, labelled):
+            assert math.isfinite(elbo.loss_and_grads(model, forced, y))
+    with pytest.raises(ValueError, match=r"sites \['nope'\].*neither latent sites of the guide nor sites of the model"):
+        PathwiseELBO().loss(model, force_estimator(guide, "score", sites=["nope"]), labelled)
+    with pytest.raises(ValueError, match=r"sites \['nope'\].*\['y', 'z'\]"):
+        ScoreFunctionELBO(sites=["nope"]).loss(model, guide, unlabelled)
 
 
 def test_elbo_blanket_respects_a_nested_force_estimator():

@@ -1,42 +1,36 @@
 r"""ELBOs that force one gradient estimator on the guide's latent sites (NumPyro backend).
 
 Both classes estimate :math:`\mathrm{ELBO} = E_q[\log p(x, z) - \log q(z)]` and differentiate the
-surrogate loss
+surrogate loss of :mod:`ppl_reparam.surrogate`,
 
 .. math::
-    \tilde L = \sum_t \ell_t(z)
-        + \sum_{s \in S} \log q_s(z_s)\, \bot\big(\textstyle\sum_{t \succeq s} \ell_t(z)\big)
+    \tilde L = \sum_t g_t + \sum_{s \in S} \log q_s(z_s)\, \bot\big(c_s - \sigma_s b_s\big),
 
-where the :math:`\ell_t` are the loss terms (:math:`\log q_t` of each guide site,
-:math:`-\log p_t` of each model site, or closed-form :math:`\mathrm{KL}(q_t \| p_t)` with
-``analytic_kl=True``), :math:`\bot` is ``jax.lax.stop_gradient`` and :math:`S` is the set of
-score-function sites (Williams 1992; Ranganath, Gerrish and Blei 2014; Schulman et al. 2015).
-Reparameterized sites carry gradients through their samples (Kingma and Welling 2014; Rezende, Mohamed
-and Wierstra 2014).
-
-The cost of a score-function site ``s`` holds only terms that can depend on its sample
-(Rao-Blackwellization as in NumPyro's ``TraceGraph_ELBO``, by trace order and plates rather than by
-provenance tracking): every model term, the Monte Carlo :math:`\log q_t` of guide sites sampled at or
-after ``s``, every closed-form KL term but its own, and within a shared :func:`numpyro.plate` only the
-same plate element. Unlike NumPyro's ``Trace_ELBO``, which silently drops the score-function term,
-every non-reparameterized site gets it, discrete and guide-only (auxiliary) sites included, so the
-gradient stays unbiased. Subsampling scales the cost, not :math:`\log q_s`. Each particle draws its
-own subsample, as in NumPyro's ELBOs, except with a leave-one-out baseline, whose particles share one
-(as Pyro's vectorized particles do) so that it compares them element by element. The zero-mean direct
-term :math:`\nabla_\phi \log q_s(z_s)` of a score-function site is left out, as in Pyro's and NumPyro's
-ELBOs.
+whose score-function sites :math:`s \in S` (guide latents drawn without a reparameterized sampler)
+have the cost :math:`c_s` of exactly the terms that depend on their sample, within a plate element by
+element (Schulman et al. 2015; Williams 1992; Ranganath, Gerrish and Blei 2014). The dependencies come
+from provenance tracking on the jaxpr (``numpyro.ops.provenance``, as NumPyro's ``TraceGraph_ELBO``),
+evaluated once when the loss is traced, so under ``jit`` they cost nothing at run time. With every site
+forced to the score function the gradient is ``TraceGraph_ELBO``'s on the same key, but for two
+deliberate differences that keep it unbiased, as in Pyro: under subsampling the scale multiplies the
+cost and not :math:`\log q_s` too (pyro #555), and :math:`\log q_s` is unmasked (a masked element's
+score still multiplies unmasked terms downstream of it). Unlike NumPyro's ``Trace_ELBO``, which drops
+the score-function term, every non-reparameterized site gets it, discrete and guide-only (auxiliary)
+sites included. Reparameterized sites carry gradients through their samples (Kingma and Welling 2014;
+Rezende, Mohamed and Wierstra 2014). Particles are seeded as in NumPyro's ELBOs (each its own
+subsample), except with a leave-one-out baseline, whose particles share one minibatch (as Pyro's
+vectorized particles do) so that it compares them element by element.
 
 ``analytic_kl=False`` is Kingma and Welling's estimator A (the whole ELBO by Monte Carlo);
 ``analytic_kl=True`` is their estimator B: :math:`\mathrm{KL}(q_t \| p_t)` in closed form where
 :mod:`numpyro.distributions.kl` registers one, :math:`-H(q_t)` where the prior is flat
-(``ImproperUniform``), and a ValueError naming the site otherwise (guide-only sites included).
+(``ImproperUniform``), and a ValueError naming the site otherwise (guide-only sites included). The
+closed form is exact when the guide is mean field; a site whose prior depends on its own sample through
+sites the guide draws after it (found by provenance over every latent) is a ValueError naming it.
 
-Baselines (``baseline=``, :mod:`ppl_reparam.numpyro.baselines`) replace the cost :math:`c_s` of a
-score-function site by :math:`c_s - \sigma_s b_s`, with :math:`\sigma_s` the site's scale and
-:math:`b_s` the baseline's prediction of the *unscaled* cost :math:`c_s / \sigma_s`, under
+Baselines (``baseline=``, :mod:`ppl_reparam.numpyro.baselines`) predict the unscaled cost under
 ``stop_gradient``. ``stl=True`` (sticking the landing; Roeder, Wu and Duvenaud 2017) keeps only the
-path derivative of the Monte Carlo :math:`\log q` of reparameterized sites,
-:math:`\log q_\phi(z) - \log q_\phi(\bot z) + \bot \log q_\phi(\bot z)`; it needs
+path derivative of the Monte Carlo :math:`\log q` of reparameterized sites; it needs
 ``analytic_kl=False``.
 
 ``loss`` returns the loss estimate (-ELBO) whose gradient is the surrogate's, so the classes work with
@@ -51,23 +45,29 @@ first particle); ``loss`` never updates anything.
 
 from __future__ import annotations
 
-import math
 import numbers
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax import random
 from jax.lax import stop_gradient
-from numpyro.distributions import Distribution, ImproperUniform
+from numpyro.distributions import (
+    Distribution,
+    ExpandedDistribution,
+    ImproperUniform,
+    Independent,
+    MaskedDistribution,
+)
 from numpyro.distributions.kl import kl_divergence
 from numpyro.handlers import replay, seed, substitute, trace
-from numpyro.infer.elbo import ELBO, MultiFrameTensor
+from numpyro.infer.elbo import ELBO
+from numpyro.ops.provenance import eval_provenance
 from numpyro.util import check_model_guide_match
 
-from ..forcing import check_estimator
+from .. import surrogate as sg
+from ..forcing import check_estimator, check_named_sites, checking_sites
 from .baselines import STATE_PREFIX, Baseline, Context, make_baseline, subsampled_frames
 from .handlers import (
     EstimatorDistribution,
@@ -78,24 +78,21 @@ from .handlers import (
 )
 
 
-@dataclass
-class _Term:
-    """One additive piece of the loss: a site's scaled log-density or closed-form KL."""
+class _JaxOps:
+    """:class:`ppl_reparam.surrogate.ArrayOps` for JAX."""
 
-    site: str
-    frames: list
-    value: jax.Array
-    position: float  # guide order of the site; model terms come after every guide site
-    own_sample: bool  # whether it depends on the sample of its own site (False for closed forms)
-    fn: Distribution  # the distribution it comes from, to name it in errors
+    @staticmethod
+    def sum(x, dims):
+        return jnp.sum(x, axis=dims, keepdims=True) if dims else x
 
-    def depends_on(self, position: int) -> bool:
-        """Whether this term can depend on the sample of the guide site at ``position``: Monte Carlo
-        terms of that site or later ones and every model term; closed forms of every other site (a
-        KL term reads the samples of its model parents, wherever the guide draws them)."""
-        if self.own_sample:
-            return self.position >= position
-        return self.position != position
+    shape = staticmethod(jnp.shape)
+    reshape = staticmethod(jnp.reshape)
+    broadcast_to = staticmethod(jnp.broadcast_to)
+    stop_gradient = staticmethod(stop_gradient)
+    where = staticmethod(jnp.where)
+
+
+OPS = _JaxOps()
 
 
 def _sample_sites(tr: dict) -> list[dict]:
@@ -121,18 +118,15 @@ def _path_log_prob(site: dict) -> jax.Array:
     return _log_prob(site) - at_fixed_z + stop_gradient(at_fixed_z)
 
 
-def _reduce_to(x: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    """Sum ``x`` over the dims that broadcast against ``shape`` and broadcast it to ``shape``, so that
-    ``sum(y * x) == sum(y * _reduce_to(x, shape))`` for ``y`` of that shape."""
-    x = jnp.asarray(x)
-    extra = x.ndim - len(shape)
-    if extra > 0:
-        x = x.sum(tuple(range(extra)))
-    offset = len(shape) - x.ndim
-    axes = tuple(i for i in range(x.ndim) if shape[offset + i] == 1 and x.shape[i] != 1)
-    if axes:
-        x = x.sum(axes, keepdims=True)
-    return jnp.broadcast_to(x, shape)
+def _unmasked(fn: Distribution) -> Distribution:
+    """``fn`` without the masks of ``numpyro.handlers.mask`` and ``.mask()`` (and without forcing)."""
+    if isinstance(fn, (MaskedDistribution, EstimatorDistribution)):
+        return _unmasked(fn.base_dist)
+    if isinstance(fn, ExpandedDistribution):
+        return _unmasked(fn.base_dist).expand(fn.batch_shape)
+    if isinstance(fn, Independent):
+        return Independent(_unmasked(fn.base_dist), fn.reinterpreted_batch_ndims)
+    return fn
 
 
 def traces(
@@ -144,10 +138,12 @@ def traces(
     kwargs: dict,
     forced: ForceEstimatorMessenger,
     plates: dict | None = None,
+    substitute_fn: Callable | None = None,
 ) -> tuple[dict, dict]:
     """Guide and model traces of one particle, seeded with ``keys = (guide_key, model_key)``, the guide
     run under ``forced``; ``plates`` fixes the subsample indices of the plates it names
-    (:func:`shared_subsamples`)."""
+    (:func:`shared_subsamples`); ``substitute_fn`` substitutes guide values (provenance tracking).
+    Checks the sites named for an estimator against the model's sites."""
     if plates:
         model, guide = substitute(model, data=plates), substitute(guide, data=plates)
 
@@ -156,10 +152,19 @@ def traces(
             return guide(*args, **kwargs)
 
     guide_key, model_key = keys
-    guide_trace = trace(substitute(seed(forced_guide, guide_key), data=param_map)).get_trace(*args, **kwargs)
-    forced.choices.check_sites_seen()
+    seeded_guide = seed(forced_guide, guide_key)
+    if substitute_fn is not None:
+        seeded_guide = substitute(seeded_guide, substitute_fn=substitute_fn)
+    with checking_sites() as nested:
+        guide_trace = trace(substitute(seeded_guide, data=param_map)).get_trace(*args, **kwargs)
     seeded_model = seed(model, model_key)
     model_trace = trace(substitute(replay(seeded_model, guide_trace), data=param_map)).get_trace(*args, **kwargs)
+    check_named_sites([forced.choices, *nested], (s["name"] for s in _sample_sites(model_trace)), forced.choices.seen)
+    sg.check_not_enumerated(
+        ((s["name"], s["infer"], s["fn"]) for s in _sample_sites(model_trace) if not s["is_observed"]),
+        guide_trace,
+        describe,
+    )
     check_model_guide_match(model_trace, guide_trace)
     return model_trace, guide_trace
 
@@ -184,10 +189,6 @@ def shared_subsamples(
 
 def _scaled(site: dict, value: jax.Array) -> jax.Array:
     return value if site["scale"] is None else site["scale"] * value
-
-
-def _unwrap_forced(fn: Distribution) -> Distribution:
-    return fn.base_dist if isinstance(fn, EstimatorDistribution) else fn
 
 
 def _raise_non_finite(sums: jax.Array, labels: list[tuple[str, str]]) -> None:
@@ -254,98 +255,69 @@ class _EstimatorELBO(ELBO):
         args: tuple,
         kwargs: dict,
         plates: dict | None = None,
+        substitute_fn: Callable | None = None,
     ) -> tuple[dict, dict]:
         """Guide and model traces of one particle, seeded with ``keys = (guide_key, model_key)``."""
         forced = ForceEstimatorMessenger(self.estimator, self.sites)
-        return traces(keys, param_map, model, guide, args, kwargs, forced, plates)
+        return traces(keys, param_map, model, guide, args, kwargs, forced, plates, substitute_fn)
 
     # ------------------------------------------------------------------------------ loss terms
-    def _kl_term(self, name: str, q_site: dict, p_site: dict | None) -> jax.Array:
-        """Closed-form KL(q || p) at site ``name``, or -H(q) under a flat prior; else ValueError."""
-        q = _unwrap_forced(q_site["fn"])
-        if p_site is None:
-            raise ValueError(
-                f"site {name!r}: analytic_kl=True needs the site's prior, but {describe(q)} is a "
-                "guide-only (auxiliary) site, as in AutoGuides. Use analytic_kl=False (Monte Carlo)."
+    def _closed_form_kl(self, q_site: sg.Site, p_site: sg.Site | None) -> jax.Array:
+        """Closed-form KL(q || p), or -H(q) under a flat prior, scaled as the guide site."""
+        node = q_site.node
+        q = node["fn"].base_dist if isinstance(node["fn"], EstimatorDistribution) else node["fn"]
+        p = None if p_site is None else p_site.node["fn"]
+        kl = sg.closed_form_kl(
+            q_site.name,
+            q,
+            p,
+            kl_divergence=kl_divergence,
+            flat_prior=p is not None and isinstance(leaf_distribution(p), ImproperUniform),
+            describe=describe,
+            registry="numpyro.distributions.kl (@numpyro.distributions.kl.kl_divergence.register)",
+        )
+        return _scaled(node, jnp.broadcast_to(kl, jnp.broadcast_shapes(jnp.shape(kl), q.batch_shape)))
+
+    def _terms(self, model_trace: dict, guide_trace: dict) -> tuple[list[sg.Term], list[sg.ScoreSite]]:
+        """The loss terms and the score-function sites (:mod:`ppl_reparam.surrogate`)."""
+        guide = [
+            sg.Site(
+                site["name"],
+                frozenset(site["cond_indep_stack"]),
+                _scaled(site, _log_prob(site)),
+                latent=is_guide_latent(site),
+                score=_is_score_site(site),
+                node=site,
             )
-        p = p_site["fn"]
-        try:
-            kl = kl_divergence(q, p)
-        except NotImplementedError:
-            if not isinstance(leaf_distribution(p), ImproperUniform):
-                raise ValueError(
-                    f"site {name!r}: analytic_kl=True, but KL({describe(q)} || {describe(p)}) has no "
-                    "closed form registered with numpyro.distributions.kl and the prior is not flat. "
-                    "Use analytic_kl=False (Monte Carlo) or register one with "
-                    "@numpyro.distributions.kl.kl_divergence.register."
-                ) from None
-            try:
-                kl = -q.entropy()
-            except NotImplementedError:
-                raise ValueError(
-                    f"site {name!r}: analytic_kl=True under a flat prior needs the entropy of "
-                    f"{describe(q)} in closed form, and it has none. Use analytic_kl=False."
-                ) from None
-        kl = jnp.broadcast_to(kl, jnp.broadcast_shapes(jnp.shape(kl), q.batch_shape))
-        return _scaled(q_site, kl)
+            for site in _sample_sites(guide_trace)
+        ]
+        model = {
+            site["name"]: sg.Site(
+                site["name"], frozenset(site["cond_indep_stack"]), _scaled(site, _log_prob(site)), node=site
+            )
+            for site in _sample_sites(model_trace)
+        }
+        terms = sg.loss_terms(
+            guide,
+            model,
+            analytic_kl=self.analytic_kl,
+            stl=self.stl,
+            closed_form_kl=self._closed_form_kl,
+            path_log_prob=lambda s: _scaled(s.node, _path_log_prob(s.node)),
+        )
+        score_sites = [
+            sg.ScoreSite(
+                s.name,
+                s.frames,
+                _unmasked(s.node["fn"]).log_prob(s.node["value"]),
+                1.0 if s.node["scale"] is None else s.node["scale"],
+            )
+            for s in guide
+            if s.score
+        ]
+        return terms, score_sites
 
-    def _terms(self, model_trace: dict, guide_trace: dict) -> list[_Term]:
-        """The loss as a list of terms, guide sites in sampling order, then model sites."""
-        terms, closed_form = [], set()
-        for position, site in enumerate(_sample_sites(guide_trace)):
-            name, frames = site["name"], site["cond_indep_stack"]
-            if self.analytic_kl and is_guide_latent(site):
-                kl = self._kl_term(name, site, model_trace.get(name))
-                terms.append(_Term(name, frames, kl, position, False, site["fn"]))
-                closed_form.add(name)
-            else:
-                terms.append(_Term(name, frames, _scaled(site, _log_prob(site)), position, True, site["fn"]))
-        for site in _sample_sites(model_trace):
-            if site["name"] not in closed_form:
-                value = -_scaled(site, _log_prob(site))
-                terms.append(_Term(site["name"], site["cond_indep_stack"], value, math.inf, True, site["fn"]))
-        return terms
-
-    def _score_terms(self, terms: list[_Term], guide_trace: dict) -> jax.Array:
-        r""":math:`\sum_{s} \log q_s(z_s) \bot(\mathrm{cost}_s)` over the score-function sites."""
-        total = jnp.zeros(())
-        for position, site in enumerate(_sample_sites(guide_trace)):
-            if not _is_score_site(site):
-                continue
-            cost = MultiFrameTensor(*((t.frames, t.value) for t in terms if t.depends_on(position)))
-            total = total + jnp.sum(_log_prob(site) * stop_gradient(cost.sum_to(site["cond_indep_stack"])))
-        return total
-
-    def _score_parts(self, terms: list[_Term], guide_trace: dict, info: dict) -> dict:
-        """For each score-function site: its log q, its unscaled cost per element of log q (under
-        ``stop_gradient``) and its scale, each of log q's shape; ``info["score_sites"]`` gets each
-        site's name and the dims a baseline averages over (static)."""
-        parts, sites = {}, []
-        subsampled = subsampled_frames(guide_trace)
-        for position, site in enumerate(_sample_sites(guide_trace)):
-            if not _is_score_site(site):
-                continue
-            name, frames = site["name"], site["cond_indep_stack"]
-            if self.baseline.stateful and STATE_PREFIX + name not in guide_trace:
-                raise ValueError(
-                    f"{self.baseline!r} keeps its state in numpyro.mutable sites that the guide declares, "
-                    f"and this guide declares none for site {name!r}: train with "
-                    "SVI(model, elbo.baseline.with_state(guide), optim, loss=elbo), and measure with "
-                    "numpyro.handlers.substitute(that guide, data=svi_state.mutable_state)"
-                )
-            log_q = _log_prob(site)
-            shape = jnp.shape(log_q)
-            cost = MultiFrameTensor(*((t.frames, t.value) for t in terms if t.depends_on(position)))
-            cost = _reduce_to(stop_gradient(cost.sum_to(frames)), shape)
-            scale = jnp.broadcast_to(jnp.asarray(1.0 if site["scale"] is None else site["scale"], cost.dtype), shape)
-            unscaled = jnp.where(scale != 0, cost / jnp.where(scale != 0, scale, 1.0), 0.0)
-            parts[name] = (log_q, unscaled, stop_gradient(scale))
-            reduce = tuple(f.dim for f in frames if f.name in subsampled and -f.dim <= len(shape))
-            sites.append((name, (0, *reduce)))
-        info["score_sites"] = sites
-        return parts
-
-    def _particle(
+    def _dependencies(
         self,
         keys: tuple[jax.Array, jax.Array],
         param_map: dict,
@@ -353,37 +325,97 @@ class _EstimatorELBO(ELBO):
         guide: Callable,
         args: tuple,
         kwargs: dict,
+        score_sites: list[sg.ScoreSite],
+        guide_trace: dict,
+        plates: dict | None,
+    ) -> list[frozenset]:
+        """:math:`D_t` of each loss term: the score-function sites whose sample it depends on, by
+        provenance tracking on the jaxpr of the traces (an abstract evaluation: no array is computed).
+        Each score-function sample is replaced by ``0 * sample + input``, so that it depends on its
+        own input and on what its distribution's parameters depend on, as in NumPyro's
+        ``TraceGraph_ELBO``."""
+        names = [s.name for s in score_sites]
+        if self.analytic_kl:  # every latent, so that check_closed_forms sees every dependency
+            names = [site["name"] for site in _sample_sites(guide_trace) if is_guide_latent(site)]
+        values = {name: guide_trace[name]["value"] for name in names}
+        shapes = {name: jax.ShapeDtypeStruct(jnp.shape(v), jnp.result_type(v)) for name, v in values.items()}
+
+        def terms_of(**latents: jax.Array) -> list[jax.Array]:
+            def replace(msg: dict) -> jax.Array | None:
+                if msg["name"] not in latents or not is_guide_latent(msg):
+                    return None
+                if msg["value"] is not None:  # substituted inside the guide: depends on nothing drawn
+                    return 0 * msg["value"] + latents[msg["name"]]
+                return 0 * msg["fn"](*msg["args"], **msg["kwargs"]) + latents[msg["name"]]
+
+            model_trace, guide_trace = self._traces(keys, param_map, model, guide, args, kwargs, plates, replace)
+            return [t.value for t in self._terms(model_trace, guide_trace)[0]]
+
+        return eval_provenance(terms_of, **shapes)
+
+    def _particle(
+        self,
+        key: jax.Array,
+        param_map: dict,
+        model: Callable,
+        guide: Callable,
+        args: tuple,
+        kwargs: dict,
         info: dict,
     ) -> dict:
-        """One particle: its loss, its surrogate loss (without the score terms of baselined sites),
-        the sum of each loss term, the values of the mutable sites and, with a baseline, the parts
-        of the score terms. Fills ``info["labels"]`` with each term's site and distribution (static,
-        known once traced)."""
+        """One particle: its loss, its surrogate loss (without the score terms when there is a
+        baseline), the sum of each loss term, the values of the mutable sites and, with a baseline,
+        each score-function site's log q, unscaled cost and scale. Fills ``info`` (static, known once
+        traced) with each term's site and distribution and, with a baseline, each score-function
+        site's name and the axes the baseline averages over."""
+        model_key, guide_key = random.split(key)  # as NumPyro's ELBOs, so that the draws are theirs
+        keys = (guide_key, model_key)
         model_trace, guide_trace = self._traces(keys, param_map, model, guide, args, kwargs, info.get("plates"))
-        terms = self._terms(model_trace, guide_trace)
+        terms, score_sites = self._terms(model_trace, guide_trace)
+        loss, surrogate = sg.totals(terms, None, OPS)
         sums = [jnp.sum(t.value) for t in terms]
-        surrogate = jnp.zeros(())
-        for term, value in zip(terms, sums):
-            site = guide_trace[term.site] if term.position != math.inf else None
-            if site is not None and term.own_sample and _is_score_site(site):
-                continue  # zero-mean direct term of a score-function site, left out
-            if site is not None and term.own_sample and self.stl and is_guide_latent(site):
-                value = jnp.sum(_scaled(site, _path_log_prob(site)))
-            surrogate = surrogate + value
-        out = {"loss": sum(sums, jnp.zeros(())), "sums": jnp.stack(sums)}
+        out = {"loss": jnp.sum(loss), "sums": jnp.stack(sums) if sums else jnp.zeros(0)}
+        info["labels"] = [(t.site, describe((guide_trace.get(t.site) or model_trace[t.site])["fn"])) for t in terms]
+        deps = []
+        if score_sites or self.analytic_kl:
+            args_ = (keys, param_map, model, guide, args, kwargs, score_sites, guide_trace, info.get("plates"))
+            deps = self._dependencies(*args_)
+            sg.check_closed_forms(terms, deps)
+        costs = sg.site_costs(terms, deps, score_sites, OPS)
         if self.baseline is None:
-            out["surrogate"] = surrogate + self._score_terms(terms, guide_trace)
+            for site in score_sites:
+                surrogate = surrogate + jnp.sum(sg.score_term(site, costs[site.name], None, OPS))
         else:
-            out["surrogate"] = surrogate
-            out["score"] = self._score_parts(terms, guide_trace, info)
+            out["score"] = self._score_parts(score_sites, costs, guide_trace, info)
+        out["surrogate"] = jnp.sum(surrogate)
         out["mutable"] = {
             name: site["value"]
             for tr in (guide_trace, model_trace)
             for name, site in tr.items()
             if site["type"] == "mutable"
         }
-        info["labels"] = [(t.site, describe(t.fn)) for t in terms]
         return out
+
+    def _score_parts(self, score_sites: list[sg.ScoreSite], costs: dict, guide_trace: dict, info: dict) -> dict:
+        """For each score-function site: its log q, its unscaled cost and its scale, each of log q's
+        shape; ``info["score_sites"]`` gets each site's name and the dims a baseline averages over."""
+        parts, reduce_dims = {}, []
+        subsampled = subsampled_frames(guide_trace)
+        for site in score_sites:
+            if self.baseline.stateful and STATE_PREFIX + site.name not in guide_trace:
+                raise ValueError(
+                    f"{self.baseline!r} keeps its state in numpyro.mutable sites that the guide declares, "
+                    f"and this guide declares none for site {site.name!r}: train with "
+                    "SVI(model, elbo.baseline.with_state(guide), optim, loss=elbo), and measure with "
+                    "numpyro.handlers.substitute(that guide, data=svi_state.mutable_state)"
+                )
+            shape = jnp.shape(site.log_q)
+            scale = stop_gradient(jnp.broadcast_to(jnp.asarray(site.scale, costs[site.name].dtype), shape))
+            parts[site.name] = (site.log_q, sg.unscaled(costs[site.name], scale, OPS), scale)
+            reduce = tuple(f.dim for f in site.frames if f.name in subsampled and -f.dim <= len(shape))
+            reduce_dims.append((site.name, (0, *reduce)))
+        info["score_sites"] = reduce_dims
+        return parts
 
     def _run(
         self,
@@ -403,18 +435,13 @@ class _EstimatorELBO(ELBO):
             rng_key, plate_key = random.split(rng_key)
             info["plates"] = shared_subsamples(plate_key, param_map, model, guide, args, kwargs)
 
-        def particle(keys: tuple[jax.Array, jax.Array]) -> dict:
-            return self._particle(keys, param_map, model, guide, args, kwargs, info)
+        def particle(key: jax.Array) -> dict:
+            return self._particle(key, param_map, model, guide, args, kwargs, info)
 
-        # Guide and model keys are split separately, so that XLA drops the model's when the model
-        # draws nothing of its own (its latents replayed from the guide): that is most of the cost
-        # of many cheap particles.
-        guide_key, model_key = random.split(rng_key)
         if self.num_particles == 1:
-            out = jax.tree.map(lambda x: x[None], particle((guide_key, model_key)))
+            out = jax.tree.map(lambda x: x[None], particle(rng_key))
         else:
-            keys = (random.split(guide_key, self.num_particles), random.split(model_key, self.num_particles))
-            out = self.vectorize_particles_fn(particle, keys)
+            out = self.vectorize_particles_fn(particle, random.split(rng_key, self.num_particles))
         losses, surrogates = out["loss"], out["surrogate"]
         if not isinstance(losses, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(losses))):
             _raise_non_finite(out["sums"], info["labels"])
@@ -424,7 +451,7 @@ class _EstimatorELBO(ELBO):
             ctx = Context(0, reduce, args, kwargs)
             site_state = state.get(STATE_PREFIX + name)
             b = stop_gradient(self.baseline.value(name, cost, site_state, ctx))
-            score = log_q * stop_gradient(scale * (cost - b))
+            score = sg.score_term(sg.ScoreSite(name, frozenset(), log_q, scale), cost * scale, b, OPS)
             surrogates = surrogates + score.reshape(score.shape[0], -1).sum(1)
             if update and self.baseline.stateful:
                 state[STATE_PREFIX + name] = self.baseline.update(name, cost, site_state, ctx)

@@ -1,51 +1,50 @@
-r"""ELBOs that force one gradient estimator on the guide's latent sites.
+r"""ELBOs that force one gradient estimator on the guide's latent sites (Pyro backend).
 
 Both classes estimate :math:`\mathrm{ELBO} = E_q[\log p(x, z) - \log q(z)]` and differentiate the
-surrogate loss
+surrogate loss of :mod:`ppl_reparam.surrogate`,
 
 .. math::
-    \tilde L = \sum_t \ell_t(z)
-        + \sum_{s \in S} \log q_s(z_s)\, \bot\big(\textstyle\sum_{t \succeq s} \ell_t(z)\big)
+    \tilde L = \sum_t g_t + \sum_{s \in S} \log q_s(z_s)\, \bot\big(c_s - \sigma_s b_s\big),
 
-where the :math:`\ell_t` are the loss terms (:math:`\log q_t` of each guide site,
-:math:`-\log p_t` of each model site, or closed-form :math:`\mathrm{KL}(q_t \| p_t)` with
-``analytic_kl=True``), :math:`\bot` stops gradients and :math:`S` is the set of score-function
-sites (Williams 1992; Ranganath, Gerrish and Blei 2014; Schulman et al. 2015). Reparameterized sites
+whose score-function sites :math:`s \in S` (guide latents drawn without ``rsample``) have the cost
+:math:`c_s` of exactly the terms that depend on their sample, within a plate element by element, as
+Pyro's ``TraceGraph_ELBO`` (Schulman et al. 2015; Williams 1992; Ranganath, Gerrish and Blei 2014).
+The dependencies come from provenance tracking (:mod:`ppl_reparam.pyro.provenance`), so with every
+site forced to the score function the gradient is ``TraceGraph_ELBO``'s on the same draws, AutoGuides'
+auxiliary sites included; tracking runs only where there is a score-function site. Reparameterized sites
 carry gradients through their samples (Kingma and Welling 2014; Rezende, Mohamed and Wierstra 2014).
-
-The cost of a score-function site ``s`` holds only terms that can depend on its sample
-(Rao-Blackwellization as in Pyro's ``TraceGraph_ELBO``): every model term, the Monte Carlo
-:math:`\log q_t` of guide sites sampled at or after ``s``, every closed-form KL term but its own,
-and within a shared :func:`pyro.plate` only the same plate element. Unlike Pyro's ``Trace_ELBO``,
-guide-only (auxiliary) sites, such as an AutoGuide's, get their full cost, so the score-function
-gradient stays unbiased there. Subsampling scales the cost, not :math:`\log q_s` (pyro #555). The
-zero-mean direct term :math:`\nabla_\phi \log q_s(z_s)` of a score-function site is left out, as in
-Pyro's ELBOs.
 
 ``analytic_kl=False`` is Kingma and Welling's estimator A (the whole ELBO by Monte Carlo);
 ``analytic_kl=True`` is their estimator B: :math:`\mathrm{KL}(q_t \| p_t)` in closed form where a KL
 is registered, :math:`-H(q_t)` where the prior is flat (``ImproperUniform``), and a ValueError naming
-the site otherwise (guide-only sites included).
+the site otherwise (guide-only sites included). As with Pyro's ``TraceMeanField_ELBO``, the closed form
+is exact when the guide is mean field (a site's prior does not depend on latents the guide draws after
+it): where that dependency runs through score-function sites (tracked) it is a ValueError naming the
+site; where it could run through reparameterized sites (not tracked) a warning says, as Pyro's does, when
+model and guide sample their shared sites in different orders.
+
+These ELBOs do not enumerate: a model site marked ``infer={"enumerate": ...}`` that the guide does not
+sample raises a ValueError (use Pyro's ``TraceEnum_ELBO``), rather than being drawn from the prior.
 """
 
 from __future__ import annotations
 
-import math
+import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
 from pyro.distributions import ImproperUniform
 from pyro.distributions.kl import kl_divergence
-from pyro.distributions.util import scale_and_mask
+from pyro.distributions.util import is_identically_zero, scale_and_mask
 from pyro.infer import ELBO
 from pyro.infer.enum import get_importance_trace
-from pyro.infer.util import MultiFrameTensor, get_plate_stacks, is_validation_enabled
+from pyro.infer.util import is_validation_enabled
 from pyro.poutine import Trace
 from pyro.util import check_if_enumerated
 
-from ..forcing import check_estimator
+from .. import surrogate as sg
+from ..forcing import check_estimator, check_named_sites, checking_sites
 from .baselines import Baseline, Context, make_baseline
 from .handlers import (
     EstimatorDistribution,
@@ -54,38 +53,54 @@ from .handlers import (
     is_guide_latent,
     leaf_distribution,
 )
+from .provenance import TrackScoreSites, deps_of, untrack
 
 _PARTICLE_PLATE = "num_particles_vectorized"  # the name Pyro's ELBO gives its particle plate
 
 
-@dataclass
-class _Term:
-    """One additive piece of the loss: a site's scaled, masked log-density or closed-form KL."""
+class _TorchOps:
+    """:class:`ppl_reparam.surrogate.ArrayOps` for torch."""
 
-    site: str
-    frames: list
-    value: torch.Tensor
-    position: float  # guide order of the site; model terms come after every guide site
-    own_sample: bool  # whether it depends on the sample of its own site (False for closed forms)
-    surrogate: torch.Tensor | float  # what it adds to the surrogate loss before score terms
+    @staticmethod
+    def sum(x, dims):
+        return torch.as_tensor(x).sum(dims, keepdim=True) if dims else x
 
-    def depends_on(self, position: int) -> bool:
-        """Whether this term can depend on the sample of the guide site at ``position``: Monte Carlo
-        terms of that site or later ones and every model term; closed forms of every other site (a
-        KL term reads the samples of its model parents, wherever the guide draws them)."""
-        if self.own_sample:
-            return self.position >= position
-        return self.position != position
+    @staticmethod
+    def shape(x):
+        return tuple(x.shape) if isinstance(x, torch.Tensor) else ()
+
+    @staticmethod
+    def reshape(x, shape):
+        return torch.as_tensor(x).reshape(shape)
+
+    @staticmethod
+    def broadcast_to(x, shape):
+        return torch.as_tensor(x).expand(shape)
+
+    @staticmethod
+    def stop_gradient(x):
+        return x.detach() if isinstance(x, torch.Tensor) else x
+
+    @staticmethod
+    def where(condition, x, y):
+        return torch.where(condition, x, y)
+
+
+OPS = _TorchOps()
 
 
 class _Particles(NamedTuple):
     loss: torch.Tensor
     surrogate: torch.Tensor
-    terms: list[_Term]
+    terms: list[sg.Term]
     costs: list[tuple[str, torch.Tensor, Context]]
 
 
-def _averaged_dims(frames: list, cost: torch.Tensor) -> tuple[int, ...]:
+def _frames(site: dict) -> frozenset:
+    return frozenset(f for f in site["cond_indep_stack"] if f.vectorized)
+
+
+def _averaged_dims(frames: frozenset, cost: torch.Tensor) -> tuple[int, ...]:
     """Dims of ``cost`` a baseline averages over: particles, and plates that are subsampled (their
     elements change from step to step)."""
     return tuple(
@@ -95,15 +110,10 @@ def _averaged_dims(frames: list, cost: torch.Tensor) -> tuple[int, ...]:
     )
 
 
-def _is_score_site(site: dict) -> bool:
-    """A guide latent drawn without rsample: its gradient needs the score-function term."""
-    return is_guide_latent(site) and not site["fn"].has_rsample
-
-
-def _raise_non_finite(terms: list[_Term], guide_trace: Trace, model_trace: Trace) -> None:
+def _raise_non_finite(terms: list[sg.Term], guide_trace: Trace, model_trace: Trace) -> None:
     """Raise a ValueError naming the first site whose loss term is NaN or infinite."""
     for term in terms:
-        if not torch.isfinite(term.value).all():
+        if not torch.isfinite(torch.as_tensor(term.value)).all():
             site = guide_trace.nodes.get(term.site) or model_trace.nodes[term.site]
             raise ValueError(
                 f"site {term.site!r}: the loss term of {describe(site['fn'])} is NaN or infinite "
@@ -112,18 +122,24 @@ def _raise_non_finite(terms: list[_Term], guide_trace: Trace, model_trace: Trace
             )
 
 
-def _per_particle(x: torch.Tensor | float, dim: int | None) -> torch.Tensor:
-    """Sum ``x`` over every dim but the particle ``dim``: shape (num_particles,) or (1,)."""
-    x = torch.as_tensor(x)
-    if dim is None or x.dim() < -dim:
-        return x.sum().reshape(1)
-    if x.dim() == -dim and x.numel() == x.shape[0]:
-        return x.reshape(-1)
-    return x.movedim(dim, 0).reshape(x.shape[dim], -1).sum(1)
-
-
 def _unwrap_forced(fn: torch.distributions.Distribution) -> torch.distributions.Distribution:
     return fn.base_dist if isinstance(fn, EstimatorDistribution) else fn
+
+
+def _check_mean_field(model_trace: Trace, guide_trace: Trace) -> None:
+    """Warn, as Pyro's ``TraceMeanField_ELBO`` does, when the latent sites shared by model and guide
+    come in different orders: the closed-form KL may then be biased (a prior depending on a latent
+    that the guide draws after the site)."""
+    model_order = [n for n, s in model_trace.nodes.items() if s["type"] == "sample" and n in guide_trace.nodes]
+    guide_order = [n for n, s in guide_trace.nodes.items() if s["type"] == "sample" and n in model_trace.nodes]
+    if model_order != guide_order:
+        warnings.warn(
+            "analytic_kl=True: could not verify that the guide is mean field (model and guide sample their "
+            f"shared sites in different orders: model {model_order}, guide {guide_order}); the closed-form "
+            "KL is biased if a site's prior depends on a latent the guide draws after it. Sample the sites "
+            "in the same order, or use analytic_kl=False.",
+            stacklevel=4,
+        )
 
 
 class _EstimatorELBO(ELBO):
@@ -142,7 +158,7 @@ class _EstimatorELBO(ELBO):
         stl: bool = False,
         **kwargs: Any,
     ):
-        if not isinstance(num_particles, int) or num_particles < 1:
+        if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
             raise ValueError(f"num_particles must be a positive integer, got {num_particles!r}")
         check_estimator(self.estimator)
         self.analytic_kl = bool(analytic_kl)
@@ -187,20 +203,58 @@ class _EstimatorELBO(ELBO):
         return f"{type(self).__name__}(num_particles={self.num_particles}, {opts})"
 
     # ----------------------------------------------------------------------------------- traces
-    def _get_trace(self, model: Callable, guide: Callable, args: tuple, kwargs: dict):
+    def _forced(
+        self, guide: Callable, tracker: TrackScoreSites | None = None
+    ) -> tuple[Callable, ForceEstimatorMessenger]:
+        """``guide`` run under this ELBO's estimator (and ``tracker``, active only while it runs)."""
         forced = ForceEstimatorMessenger(self.estimator, self.sites)
 
         def forced_guide(*args: Any, **kwargs: Any) -> Any:
-            with forced:
-                return guide(*args, **kwargs)
+            if tracker is not None:
+                tracker.active = True
+            try:
+                with forced:
+                    return guide(*args, **kwargs)
+            finally:
+                if tracker is not None:
+                    tracker.active = False
 
-        model_trace, guide_trace = get_importance_trace(
-            "flat", self.max_plate_nesting, model, forced_guide, args, kwargs
+        return forced_guide, forced
+
+    def _get_trace(self, model: Callable, guide: Callable, args: tuple, kwargs: dict):
+        tracker = TrackScoreSites()
+        forced_guide, forced = self._forced(guide, tracker)
+        with checking_sites() as nested, tracker:
+            model_trace, guide_trace = get_importance_trace(
+                "flat", self.max_plate_nesting, model, forced_guide, args, kwargs
+            )
+        check_named_sites(
+            [forced.choices, *nested],
+            (n for n, s in model_trace.nodes.items() if s["type"] == "sample"),
+            forced.choices.seen,
         )
-        forced.choices.check_sites_seen()
+        sg.check_not_enumerated(
+            (
+                (name, site["infer"], site["fn"])
+                for name, site in model_trace.nodes.items()
+                if site["type"] == "sample" and not site["is_observed"]
+            ),
+            guide_trace.nodes,
+            describe,
+        )
         if is_validation_enabled():
             check_if_enumerated(guide_trace)
+        if self.analytic_kl and any(
+            is_guide_latent(site) and site["fn"].has_rsample for site in guide_trace.nodes.values()
+        ):
+            _check_mean_field(model_trace, guide_trace)  # dependencies on rsample'd sites are not tracked
         return model_trace, guide_trace
+
+    def _guess_max_plate_nesting(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> None:
+        """Pyro's guess, from a run of the guide under this ELBO's estimator (so that a score-function
+        site's sample never reaches the model with a gradient)."""
+        with checking_sites():
+            super()._guess_max_plate_nesting(model, self._forced(guide)[0], args, kwargs)
 
     def _particle_dim(self) -> int | None:
         if self.vectorize_particles and self.num_particles > 1:
@@ -208,108 +262,94 @@ class _EstimatorELBO(ELBO):
         return None
 
     # ------------------------------------------------------------------------------ loss terms
-    def _kl_term(self, name: str, q_site: dict, p_site: dict | None) -> torch.Tensor:
-        """Closed-form KL(q || p) at site ``name``, or -H(q) under a flat prior; else ValueError."""
-        q = _unwrap_forced(q_site["fn"])
-        if p_site is None:
-            raise ValueError(
-                f"site {name!r}: analytic_kl=True needs the site's prior, but {describe(q)} is a "
-                "guide-only (auxiliary) site, as in AutoGuides. Use analytic_kl=False (Monte Carlo)."
+    def _closed_form_kl(self, q_site: sg.Site, p_site: sg.Site | None) -> torch.Tensor:
+        """Closed-form KL(q || p), or -H(q) under a flat prior, scaled and masked as the guide site."""
+        node = q_site.node
+        p = None if p_site is None else p_site.node["fn"]
+        kl = sg.closed_form_kl(
+            q_site.name,
+            _unwrap_forced(node["fn"]),
+            p,
+            kl_divergence=kl_divergence,
+            flat_prior=p is not None and isinstance(leaf_distribution(p), ImproperUniform),
+            describe=describe,
+            registry="torch.distributions.kl (torch.distributions.kl.register_kl)",
+        )
+        # a fully masked pair gives the float 0.0
+        kl = torch.as_tensor(kl).expand(node["fn"].batch_shape)
+        return scale_and_mask(kl, node["scale"], node["mask"])
+
+    def _path_log_prob(self, site: sg.Site) -> torch.Tensor:
+        r"""The path derivative of a guide site's :math:`\log q`, value-equal to it:
+        :math:`\log q_\phi(z) - \log q_\phi(\bot z) + \bot \log q_\phi(\bot z)` (sticking the landing)."""
+        node = site.node
+        at_fixed_z = scale_and_mask(node["fn"].log_prob(node["value"].detach()), node["scale"], node["mask"])
+        return node["log_prob"] - at_fixed_z + at_fixed_z.detach()
+
+    def _terms(self, model_trace: Trace, guide_trace: Trace) -> tuple[list[sg.Term], list[frozenset], list]:
+        """The loss terms (plain tensors), the score-function sites each depends on, and the
+        score-function sites (:mod:`ppl_reparam.surrogate`)."""
+        guide = [
+            sg.Site(
+                name,
+                _frames(site),
+                site["log_prob"],
+                latent=is_guide_latent(site),
+                score=is_guide_latent(site) and not site["fn"].has_rsample,
+                node=site,
             )
-        p = p_site["fn"]
-        try:
-            kl = kl_divergence(q, p)
-        except NotImplementedError:
-            if not isinstance(leaf_distribution(p), ImproperUniform):
-                raise ValueError(
-                    f"site {name!r}: analytic_kl=True, but KL({describe(q)} || {describe(p)}) has no "
-                    "closed form registered with torch.distributions.kl and the prior is not flat. "
-                    "Use analytic_kl=False (Monte Carlo) or register one with "
-                    "torch.distributions.kl.register_kl."
-                ) from None
-            try:
-                kl = -q.entropy()
-            except NotImplementedError:
-                raise ValueError(
-                    f"site {name!r}: analytic_kl=True under a flat prior needs the entropy of "
-                    f"{describe(q)} in closed form, and it has none. Use analytic_kl=False."
-                ) from None
-        return scale_and_mask(kl, q_site["scale"], q_site["mask"])
-
-    def _terms(self, model_trace: Trace, guide_trace: Trace) -> list[_Term]:
-        """The loss as a list of terms, guide sites in sampling order, then model sites."""
-        model_stacks = get_plate_stacks(model_trace)
-        guide_stacks = get_plate_stacks(guide_trace)
-        terms, closed_form = [], set()
-        guide_sites = [s for s in guide_trace.nodes.values() if s["type"] == "sample"]
-        for position, site in enumerate(guide_sites):
-            name = site["name"]
-            if self.analytic_kl and is_guide_latent(site):
-                kl = self._kl_term(name, site, model_trace.nodes.get(name))
-                terms.append(_Term(name, guide_stacks[name], kl, position, False, kl))
-                closed_form.add(name)
-            else:
-                log_q = site["log_prob"]
-                terms.append(_Term(name, guide_stacks[name], log_q, position, True, self._log_q_surrogate(site)))
-        for name, site in model_trace.nodes.items():
-            if site["type"] == "sample" and name not in closed_form:
-                log_p = -site["log_prob"]
-                terms.append(_Term(name, model_stacks[name], log_p, math.inf, True, log_p))
-        return terms
-
-    def _log_q_surrogate(self, site: dict) -> torch.Tensor | float:
-        r"""A guide site's Monte Carlo :math:`\log q` in the surrogate: left out at score-function
-        sites (its gradient at fixed z has mean zero; the score term carries the rest); with
-        ``stl=True`` at reparameterized sites, only its path derivative (Roeder, Wu and Duvenaud
-        2017): :math:`\log q_\phi(z) - \log q_\phi(\bot z) + \bot \log q_\phi(\bot z)`."""
-        if _is_score_site(site):
-            return 0.0
-        if not (self.stl and is_guide_latent(site)):
-            return site["log_prob"]
-        at_fixed_z = site["fn"].log_prob(site["value"].detach())
-        at_fixed_z = scale_and_mask(at_fixed_z, site["scale"], site["mask"])
-        return site["log_prob"] - at_fixed_z + at_fixed_z.detach()
-
-    def _score_terms(
-        self, terms: list[_Term], guide_trace: Trace, args: tuple, kwargs: dict
-    ) -> tuple[torch.Tensor | float, list[tuple[str, torch.Tensor, Context]]]:
-        r""":math:`\sum_{s} \log q_s(z_s)\, \bot(c_s - \sigma_s b_s)` over the score-function sites
-        ``s``, with :math:`\sigma_s` the site's scale and :math:`b_s` the baseline for the unscaled
-        cost :math:`c_s / \sigma_s`; also the unscaled costs, for the baseline's update."""
-        total: torch.Tensor | float = 0.0
-        costs = []
-        guide_sites = [s for s in guide_trace.nodes.values() if s["type"] == "sample"]
-        for position, site in enumerate(guide_sites):
-            if not _is_score_site(site):
-                continue
-            frames = [f for f in site["cond_indep_stack"] if f.vectorized]
-            cost = MultiFrameTensor(*((t.frames, t.value) for t in terms if t.depends_on(position)))
-            cost = torch.as_tensor(cost.sum_to(frames)).detach()
-            if self.baseline is not None:
-                scale = torch.as_tensor(site["scale"])
-                ctx = Context(self._particle_dim(), _averaged_dims(frames, cost), args, kwargs)
-                unscaled = cost / scale
-                cost = cost - scale * self.baseline.value(site["name"], unscaled, ctx)
-                costs.append((site["name"], unscaled, ctx))
-            log_q = scale_and_mask(site["unscaled_log_prob"], mask=site["mask"])
-            total = total + log_q * cost
-        return total, costs
+            for name, site in guide_trace.nodes.items()
+            if site["type"] == "sample"
+        ]
+        model = {
+            name: sg.Site(name, _frames(site), site["log_prob"], node=site)
+            for name, site in model_trace.nodes.items()
+            if site["type"] == "sample"
+        }
+        terms = sg.loss_terms(
+            guide,
+            model,
+            analytic_kl=self.analytic_kl,
+            stl=self.stl,
+            closed_form_kl=self._closed_form_kl,
+            path_log_prob=self._path_log_prob,
+        )
+        deps = [deps_of(t.value) for t in terms]
+        sg.check_closed_forms(terms, deps)
+        terms = [sg.Term(t.site, t.frames, untrack(t.value), untrack(t.grad), t.closed_form) for t in terms]
+        # Pyro's score function is neither scaled nor masked (pyro #555; see ppl_reparam.surrogate). A
+        # partially reparameterized site (a rejection sampler) has one beside its path derivative; its
+        # sample is not tracked (such samplers may cache it by identity), so its cost holds every term.
+        with_score = [s for s in guide if s.latent and not is_identically_zero(s.node["score_parts"].score_function)]
+        score_sites = [
+            sg.ScoreSite(s.name, s.frames, untrack(s.node["score_parts"].score_function), s.node["scale"])
+            for s in with_score
+        ]
+        untracked = frozenset(s.name for s in with_score if not s.score)
+        if untracked:
+            deps = [d | untracked for d in deps]
+        return terms, deps, score_sites
 
     def _particle_losses(self, model_trace: Trace, guide_trace: Trace, args: tuple, kwargs: dict) -> _Particles:
         """Per-particle loss (-ELBO) and surrogate loss, each of shape (particles in the trace,),
-        with the loss terms and the score-function costs."""
+        with the loss terms and the score-function costs a baseline learns from."""
         dim = self._particle_dim()
-        terms = self._terms(model_trace, guide_trace)
-        loss = surrogate = torch.zeros(())
-        for term in terms:
-            loss = loss + _per_particle(term.value, dim).detach()
-            surrogate = surrogate + _per_particle(term.surrogate, dim)
+        terms, deps, score_sites = self._terms(model_trace, guide_trace)
+        loss, surrogate = sg.totals(terms, dim, OPS)
+        loss = torch.as_tensor(loss)
         if not torch.isfinite(loss.sum()):
             _raise_non_finite(terms, guide_trace, model_trace)
-        score, costs = self._score_terms(terms, guide_trace, args, kwargs)
-        surrogate = surrogate + _per_particle(score, dim)
+        learned = []
+        for site, cost in zip(score_sites, sg.site_costs(terms, deps, score_sites, OPS).values()):
+            b = None
+            if self.baseline is not None:
+                ctx = Context(dim, _averaged_dims(site.frames, cost), args, kwargs)
+                unscaled = sg.unscaled(cost, site.scale, OPS)
+                b = self.baseline.value(site.name, unscaled, ctx)
+                learned.append((site.name, unscaled, ctx))
+            surrogate = surrogate + sg.per_particle(sg.score_term(site, cost, b, OPS), dim, OPS)
         n = self.num_particles if dim is not None else 1
-        return _Particles(loss.expand(n), surrogate.expand(n), terms, costs)
+        return _Particles(loss.expand(n), torch.as_tensor(surrogate).expand(n), terms, learned)
 
     def particle_losses(
         self, model: Callable, guide: Callable, *args: Any, **kwargs: Any
@@ -370,13 +410,13 @@ def _params(*traces: Trace) -> list[torch.Tensor]:
     return list(found.values())
 
 
-def _check_gradients(params: list[torch.Tensor], terms: list[_Term]) -> None:
+def _check_gradients(params: list[torch.Tensor], terms: list[sg.Term]) -> None:
     """Raise a ValueError naming the first site whose loss term gives a non-finite gradient."""
     grads = [p.grad for p in params if p.grad is not None]
     if not grads or torch.isfinite(torch.nn.utils.get_total_norm(grads)):  # one fused check
         return
     for term in terms:
-        if not term.value.requires_grad:
+        if not isinstance(term.value, torch.Tensor) or not term.value.requires_grad:
             continue
         grads = torch.autograd.grad(term.value.sum(), params, retain_graph=True, allow_unused=True)
         if any(g is not None and not torch.isfinite(g).all() for g in grads):

@@ -93,6 +93,15 @@ class EstimatorDistribution(TorchDistribution):
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         return self.base_dist.log_prob(value)
 
+    def score_parts(self, value: torch.Tensor):
+        """Pathwise: the wrapped family's own parts where it draws with ``rsample`` (a partially
+        reparameterized sampler, such as a rejection sampler, keeps its score-function correction), else
+        ``log_prob`` as the entropy term and no score; score function: ``log_prob`` as the score and no
+        entropy term."""
+        if self.has_rsample and self.base_dist.has_rsample:
+            return self.base_dist.score_parts(value)
+        return super().score_parts(value)
+
     def entropy(self) -> torch.Tensor:
         return self.base_dist.entropy()
 

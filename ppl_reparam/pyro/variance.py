@@ -14,7 +14,12 @@ Two ways to draw them, chosen by ``method``:
   of this package's ELBOs with ``vectorize_particles=True`` and no leave-one-out baseline (which
   would compare particles across repetitions); cost grows with the number of parameter elements, so
   it suits few parameters (the toy problem, small conjugate models).
-- ``"loop"``: one reverse-mode gradient per repetition. Works with any ELBO, Pyro's own included.
+  A chunk's repetitions share one trace, so a randomly subsampled plate would draw its indices once
+  for all of them: models that subsample are measured by ``"loop"``.
+- ``"loop"``: one reverse-mode gradient per repetition, each with its own subsample. Works with any
+  ELBO, Pyro's own included: through ``differentiable_loss`` where the ELBO has it, else through
+  ``loss_and_grads`` (``TraceGraph_ELBO``, ``RenyiELBO``), with the parameters' ``.grad`` and the
+  param store (a decaying-average baseline's state) restored after each repetition.
 
 ``"auto"`` (default) takes ``"forward"`` when it applies and the parameters have at most
 ``num_reps // 4`` elements, else ``"loop"``; it also takes ``"loop"`` when torch has no forward-mode
@@ -35,6 +40,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from pyro import poutine
 from pyro.infer import ELBO
+from pyro.poutine.subsample_messenger import _Subsample
 from tqdm.auto import tqdm
 
 from ..stats import MIN_REPS, GradientStats
@@ -60,13 +66,58 @@ def _chunk_seed(seed: int, chunk: int) -> int:
     return int(np.random.SeedSequence([seed, chunk]).generate_state(1)[0])
 
 
+def _run_once(model: Callable, guide: Callable, args: tuple, kwargs: dict) -> tuple[dict[str, torch.Tensor], list]:
+    """Run guide and model once: ``{name: unconstrained leaf}`` of every param they use (creating
+    params that are not in the param store yet, as a first SVI step would), and the names of the
+    plates that draw a random subsample."""
+    with poutine.trace(param_only=True) as params:
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+    subsampled = [
+        name
+        for tr in (guide_trace, model_trace)
+        for name, site in tr.nodes.items()
+        if isinstance(site.get("fn"), _Subsample) and site["fn"].subsample_size not in (None, site["fn"].size)
+    ]
+    return {name: site["value"].unconstrained() for name, site in params.trace.nodes.items()}, subsampled
+
+
 def trace_params(model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
     """Run guide and model once; return ``{name: unconstrained leaf}`` of every param they use
     (creating params that are not in the param store yet, as a first SVI step would)."""
-    with poutine.trace(param_only=True) as params:
-        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-        poutine.replay(model, trace=guide_trace)(*args, **kwargs)
-    return {name: site["value"].unconstrained() for name, site in params.trace.nodes.items()}
+    return _run_once(model, guide, args, kwargs)[0]
+
+
+@contextmanager
+def _param_store_kept():
+    """Restore the param store's entries (the same objects) after the block, and drop new ones."""
+    store = pyro.get_param_store()
+    saved = store.get_state()
+    try:
+        yield
+    finally:
+        for name in set(store.keys()) - set(saved["params"]):
+            del store[name]
+        store.set_state(saved)
+
+
+def _gradient(elbo: ELBO, model: Callable, guide: Callable, args: tuple, kwargs: dict, leaves: list) -> list:
+    """One gradient estimate with respect to ``leaves`` (None where a leaf gets none)."""
+    if hasattr(elbo, "differentiable_loss"):
+        loss = elbo.differentiable_loss(model, guide, *args, **kwargs)
+        if not loss.requires_grad:
+            return [None] * len(leaves)
+        return list(torch.autograd.grad(loss, leaves, allow_unused=True))
+    saved = [leaf.grad for leaf in leaves]
+    try:
+        for leaf in leaves:
+            leaf.grad = None
+        with _param_store_kept():
+            elbo.loss_and_grads(model, guide, *args, **kwargs)
+        return [leaf.grad for leaf in leaves]
+    finally:
+        for leaf, grad in zip(leaves, saved):
+            leaf.grad = grad
 
 
 def _forward_samples(
@@ -123,10 +174,9 @@ def _loop_samples(
     leaves = list(params.values())
     out: dict[str, list[np.ndarray]] = {name: [] for name in params}
     for _ in tqdm(range(num_reps), desc="gradient variance", disable=not progress, leave=False):
-        loss = elbo.differentiable_loss(model, guide, *args, **kwargs)
-        grads = torch.autograd.grad(loss, leaves, allow_unused=True) if loss.requires_grad else ()
-        for (name, leaf), grad in zip(params.items(), grads or [None] * len(leaves)):
-            out[name].append(np.zeros(leaf.shape) if grad is None else grad.double().numpy())
+        grads = _gradient(elbo, model, guide, args, kwargs, leaves)
+        for (name, leaf), grad in zip(params.items(), grads):
+            out[name].append(np.zeros(leaf.shape) if grad is None else grad.detach().double().numpy())
     return {name: np.stack(values) for name, values in out.items()}
 
 
@@ -146,7 +196,8 @@ def gradient_variance(
     """Mean, variance, confidence interval and SNR of ``elbo``'s gradient estimate, per parameter.
 
     :param elbo: a :class:`~ppl_reparam.pyro.ScoreFunctionELBO` / :class:`~ppl_reparam.pyro.PathwiseELBO`
-        or any Pyro ELBO (measured with ``method="loop"``). Each estimate uses ``elbo.num_particles``.
+        or any Pyro ELBO (measured with ``method="loop"``). Each estimate uses ``elbo.num_particles``
+        (with Pyro's vectorized particles, one subsample shared by the particles of an estimate).
     :param model, guide, args, kwargs: as for ``SVI``.
     :param num_reps: independent estimates drawn (at least 5).
     :param seed: seeds the draws; the caller's RNG state is restored afterwards.
@@ -155,7 +206,7 @@ def gradient_variance(
     :param chunk_particles: most particles in one vectorized pass (``"forward"``).
     :param progress: show a progress bar.
 
-    Parameter values and their ``.grad`` are left as they were.
+    Parameter values, their ``.grad`` and the param store are left as they were.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
@@ -169,15 +220,20 @@ def gradient_variance(
     batched = isinstance(elbo, _EstimatorELBO) and elbo.vectorize_particles and not couples
     start = time.perf_counter()
     with _isolated_rng(seed):
-        params = trace_params(model, guide, *args, **kwargs)
+        params, subsampled = _run_once(model, guide, args, kwargs)
         size = sum(p.numel() for p in params.values())
         auto = method == "auto"
         if auto:
-            method = "forward" if batched and 4 * size <= num_reps else "loop"
+            method = "forward" if batched and not subsampled and 4 * size <= num_reps else "loop"
         if method == "forward" and not batched:
             raise ValueError(
                 "method='forward' needs ScoreFunctionELBO or PathwiseELBO with vectorize_particles=True "
                 "and no leave-one-out baseline; use method='loop' for this ELBO"
+            )
+        if method == "forward" and subsampled:
+            raise ValueError(
+                f"method='forward' runs many repetitions in one trace, so the subsampled plates {subsampled} "
+                "would draw one subsample for all of them (too low a variance); use method='loop'"
             )
         samples = None
         if method == "forward":
