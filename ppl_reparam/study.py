@@ -1,16 +1,21 @@
-"""The VAE study's bookkeeping, shared by both backends (framework-free): parameter groups, derived
-seeds, the rows of gradient-variance measurements and comparisons, and the study's result."""
+"""The VAE study's settings and bookkeeping, shared by both backends (framework-free): its settings
+(:class:`VAEConfig`), parameter groups, derived seeds, the rows of gradient-variance measurements and
+comparisons, and the study's result."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import numpy as np
 
-from .specs import RunSpec, objective_of
-from .stats import GroupStats, MeanAgreement, variance_ratio
+from .specs import RelaxedSpec, RunSpec, objective_of, parse_run_spec
+from .stats import MIN_REPS, GroupStats, MeanAgreement, variance_ratio
+
+MODELS = ("gaussian", "discrete")
+"""The VAEs of the study: Gaussian latents, or Bernoulli latent bits."""
+DEFAULT_LATENT_DIM = {"gaussian": 8, "discrete": 16}
 
 GROUPS = ("encoder", "decoder")
 """Parameter groups, by the first component of the param-store name."""
@@ -113,3 +118,97 @@ class VAEResult:
     runs: list[Any]
     num_train: int
     num_test: int
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    """Settings of a ``vae`` run (the command's options); checked on construction (ValueError).
+    ``estimators`` and ``measure_on`` are stored as canonical spec strings."""
+
+    estimators: tuple[str, ...] = ("pathwise",)
+    compare: bool = False
+    model: str = "gaussian"
+    epochs: int = 50
+    batch_size: int = 100
+    latent_dim: int = 8
+    hidden: tuple[int, ...] = (128,)
+    lr: float = 1e-3
+    data: str = "digits"
+    seed: int = 0
+    dynamic_binarization: bool = False
+    variance_reps: int = 100
+    variance_every: int = 5
+    test_particles: int = 100
+    measure_on: tuple[str, ...] = ()
+    """Runs (by spec) whose parameters every estimator is measured on; empty: every run."""
+
+    def __post_init__(self) -> None:
+        if self.model not in MODELS:
+            raise ValueError(f"unknown model {self.model!r}; choose from {', '.join(MODELS)}")
+        if isinstance(self.estimators, str):
+            raise ValueError("estimators must be a sequence of specs, not one string")
+        specs = [parse_run_spec(e) for e in self.estimators]
+        names = tuple(str(s) for s in specs)
+        if not names or len(set(names)) < len(names):
+            raise ValueError(f"estimators {list(self.estimators)}: give at least one, each at most once")
+        if len(names) > 1 and not self.compare:
+            raise ValueError(f"several estimators {list(names)} need --compare")
+        for spec in specs:
+            if isinstance(spec, RelaxedSpec) and self.model != "discrete":
+                raise ValueError(f"{spec}: the Concrete relaxation applies to the discrete model (--model discrete)")
+        object.__setattr__(self, "estimators", names)
+        measure_on = tuple(str(parse_run_spec(m)) for m in self.measure_on)
+        unknown = [m for m in measure_on if m not in names]
+        if unknown:
+            raise ValueError(f"--measure-on {unknown}: not among the trained estimators {list(names)}")
+        object.__setattr__(self, "measure_on", measure_on)
+        object.__setattr__(self, "hidden", tuple(self.hidden))
+        positive = {
+            "epochs": self.epochs, "batch size": self.batch_size, "latent dim": self.latent_dim,
+            "variance every": self.variance_every,
+        }
+        for name, value in positive.items():
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        if not self.hidden or min(self.hidden) < 1:
+            raise ValueError(f"hidden layer sizes must be positive, got {list(self.hidden)}")
+        if not self.lr > 0:
+            raise ValueError(f"the learning rate must be positive, got {self.lr}")
+        if self.variance_reps and self.variance_reps < MIN_REPS:
+            raise ValueError(f"variance reps must be 0 (off) or at least {MIN_REPS}, got {self.variance_reps}")
+        if self.test_particles < 2:
+            raise ValueError(f"test particles must be at least 2, got {self.test_particles}")
+
+    @property
+    def specs(self) -> list[RunSpec]:
+        return [parse_run_spec(e) for e in self.estimators]
+
+    def key(self) -> dict[str, Any]:
+        """The settings as a dict, stored in checkpoints to check ``--resume``."""
+        return asdict(self)
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """Field defaults, for checkpoints written before a field existed."""
+        return {f.name: f.default for f in fields(cls)}
+
+    @classmethod
+    def key_of_checkpoint(cls, saved: dict[str, Any]) -> dict[str, Any]:
+        """A checkpoint's stored settings as :meth:`key` gives them now: missing fields take their
+        defaults, and the options of earlier versions (``num_particles``, ``analytic_kl``, before
+        they were written into the specs) are folded into ``estimators``."""
+        saved = dict(saved)
+        particles, analytic_kl = saved.pop("num_particles", 1), saved.pop("analytic_kl", False)
+        if particles != 1 or analytic_kl:
+            options = {"particles": particles, **({"analytic_kl": True} if analytic_kl else {})}
+            specs = [parse_run_spec(e) for e in saved["estimators"]]
+            saved["estimators"] = tuple(
+                str(s if s.is_iwae or isinstance(s, RelaxedSpec) else replace(s, **options)) for s in specs
+            )
+        return {**cls.defaults(), **{k: v for k, v in saved.items() if k in cls.defaults()}}
+
+    @property
+    def test_elbo_label(self) -> str:
+        if self.model == "discrete":
+            return f"test_discrete_elbo_{self.test_particles}particles"
+        return f"test_elbo_pathwise_{self.test_particles}particles"

@@ -163,7 +163,7 @@ def per_particle(x: Array, dim: int | None, ops: ArrayOps) -> Array:
     ``x`` does not vary across particles or ``dim`` is None (particles not in the arrays)."""
     shape = ops.shape(x)
     if dim is None or len(shape) < -dim:
-        return ops.reshape(ops.sum(x, tuple(range(-len(shape), 0))), (1,))
+        return ops.reshape(ops.sum(x, tuple(range(-len(shape), 0))) if shape else x, (1,))
     others = tuple(d for d in range(-len(shape), 0) if d != dim)
     return ops.reshape(ops.sum(x, others), (shape[dim],))
 
@@ -173,8 +173,11 @@ def totals(terms: Iterable[Term], dim: int | None, ops: ArrayOps) -> tuple[Array
     :math:`\\sum_t \\ell_t` and :math:`\\sum_t g_t`."""
     loss = surrogate = 0.0
     for term in terms:
-        loss = loss + ops.stop_gradient(per_particle(term.value, dim, ops))
-        if not isinstance(term.grad, float):
+        value = per_particle(term.value, dim, ops)
+        loss = loss + ops.stop_gradient(value)
+        if term.grad is term.value:
+            surrogate = surrogate + value
+        elif not isinstance(term.grad, float):
             surrogate = surrogate + per_particle(term.grad, dim, ops)
     return loss, surrogate
 

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from ppl_reparam.cli import main
-from ppl_reparam.compare import _vae_target, measure, parse_estimators
+from ppl_reparam.cli.compare import _vae_target, measure, parse_estimators
 from ppl_reparam.pyro.training import train_vae
 from ppl_reparam.pyro.variance import trace_params
-from ppl_reparam.vae import VAEConfig
+from ppl_reparam.study import VAEConfig
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

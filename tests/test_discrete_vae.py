@@ -20,7 +20,7 @@ from ppl_reparam.models.discrete_vae import LogitRelaxedBernoulli, exact_elbo, m
 from ppl_reparam.pyro import gradient_variance
 from ppl_reparam.pyro.specs import make_elbo
 from ppl_reparam.pyro.training import CHECKPOINT, TrainingRun, evaluate_elbo, make_run_elbo, train_vae
-from ppl_reparam.vae import VAEConfig
+from ppl_reparam.study import VAEConfig
 
 TINY = VAEConfig(
     model="discrete", estimators=("score+rloo:4", "relaxed+t=0.5"), compare=True, epochs=2, hidden=(16,),

@@ -25,7 +25,7 @@ print(ScoreFunctionELBO(num_particles=4).loss(toy.model, toy.guide))
 
 CORE_WITHOUT_EITHER = """
 import ppl_reparam.analytic, ppl_reparam.stats, ppl_reparam.report, ppl_reparam.plots, ppl_reparam.data
-import ppl_reparam.specs, ppl_reparam.toy, ppl_reparam.cli
+import ppl_reparam.specs, ppl_reparam.cli.toy, ppl_reparam.cli
 print(ppl_reparam.analytic.gradient_moments("score", 2.0).variance)
 """
 

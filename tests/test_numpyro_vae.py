@@ -19,6 +19,7 @@ from numpyro.infer import Trace_ELBO
 from numpyro.infer.util import log_density
 from numpyro.primitives import Messenger
 
+from ppl_reparam.cli.vae import summary
 from ppl_reparam.data import load_dataset
 from ppl_reparam.models.vae import make_vae as make_pyro_vae
 from ppl_reparam.models.vae_numpyro import MLP, data_plate, make_vae
@@ -38,7 +39,7 @@ from ppl_reparam.pyro.training import TrainingRun as PyroTrainingRun
 from ppl_reparam.pyro.training import evaluate_elbo as pyro_evaluate_elbo
 from ppl_reparam.specs import parse_spec
 from ppl_reparam.stats import MeanAgreement
-from ppl_reparam.vae import VAEConfig, summary
+from ppl_reparam.study import VAEConfig
 
 DATA = load_dataset("digits", seed=0)
 NUM_DATA = len(DATA.train)

@@ -1,13 +1,13 @@
 """Every closed-form row of the toy table, in each backend: the same test, parametrized over Pyro and
-NumPyro through ``ppl_reparam.toy.measure`` (the path ``ppl-reparam toy`` takes). Checks and their
+NumPyro through ``ppl_reparam.cli.toy.measure`` (the path ``ppl-reparam toy`` takes). Checks and their
 tolerances: see closed_form.py."""
 
 import pytest
 from closed_form import CONFIDENCE, REPS, N, check_against_closed_form
 
 from ppl_reparam.analytic import gradient_moments
+from ppl_reparam.cli.toy import BACKENDS, measure
 from ppl_reparam.specs import EstimatorSpec
-from ppl_reparam.toy import BACKENDS, measure
 
 pytestmark = pytest.mark.usefixtures("quick_compiles")
 

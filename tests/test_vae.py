@@ -18,6 +18,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from ppl_reparam import cli
+from ppl_reparam.cli.vae import config_from_args
 from ppl_reparam.data import load_dataset
 from ppl_reparam.models.vae import make_vae
 from ppl_reparam.pyro.training import (
@@ -43,7 +44,7 @@ from ppl_reparam.stats import (
     variance_ratio,
     variance_ratio_ci,
 )
-from ppl_reparam.vae import VAEConfig, config_from_args
+from ppl_reparam.study import VAEConfig
 
 TINY = VAEConfig(
     estimators=("pathwise", "score"), compare=True, epochs=2, hidden=(16,), latent_dim=4,

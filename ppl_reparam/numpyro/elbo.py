@@ -246,20 +246,10 @@ class _EstimatorELBO(ELBO):
         )
 
     # ----------------------------------------------------------------------------------- traces
-    def _traces(
-        self,
-        keys: tuple[jax.Array, jax.Array],
-        param_map: dict,
-        model: Callable,
-        guide: Callable,
-        args: tuple,
-        kwargs: dict,
-        plates: dict | None = None,
-        substitute_fn: Callable | None = None,
-    ) -> tuple[dict, dict]:
-        """Guide and model traces of one particle, seeded with ``keys = (guide_key, model_key)``."""
-        forced = ForceEstimatorMessenger(self.estimator, self.sites)
-        return traces(keys, param_map, model, guide, args, kwargs, forced, plates, substitute_fn)
+    def _traces(self, keys: tuple[jax.Array, jax.Array], *run: Any, **options: Any) -> tuple[dict, dict]:
+        """:func:`traces` of one particle with this ELBO's estimator; ``run`` is ``(param_map, model,
+        guide, args, kwargs)``, ``options`` are ``plates`` and ``substitute_fn``."""
+        return traces(keys, *run, ForceEstimatorMessenger(self.estimator, self.sites), **options)
 
     # ------------------------------------------------------------------------------ loss terms
     def _closed_form_kl(self, q_site: sg.Site, p_site: sg.Site | None) -> jax.Array:
@@ -348,7 +338,9 @@ class _EstimatorELBO(ELBO):
                     return 0 * msg["value"] + latents[msg["name"]]
                 return 0 * msg["fn"](*msg["args"], **msg["kwargs"]) + latents[msg["name"]]
 
-            model_trace, guide_trace = self._traces(keys, param_map, model, guide, args, kwargs, plates, replace)
+            model_trace, guide_trace = self._traces(
+                keys, param_map, model, guide, args, kwargs, plates=plates, substitute_fn=replace
+            )
             return [t.value for t in self._terms(model_trace, guide_trace)[0]]
 
         return eval_provenance(terms_of, **shapes)
@@ -370,7 +362,7 @@ class _EstimatorELBO(ELBO):
         site's name and the axes the baseline averages over."""
         model_key, guide_key = random.split(key)  # as NumPyro's ELBOs, so that the draws are theirs
         keys = (guide_key, model_key)
-        model_trace, guide_trace = self._traces(keys, param_map, model, guide, args, kwargs, info.get("plates"))
+        model_trace, guide_trace = self._traces(keys, param_map, model, guide, args, kwargs, plates=info.get("plates"))
         terms, score_sites = self._terms(model_trace, guide_trace)
         loss, surrogate = sg.totals(terms, None, OPS)
         sums = [jnp.sum(t.value) for t in terms]

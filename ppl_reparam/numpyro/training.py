@@ -15,7 +15,7 @@ over particles; :func:`measure_estimators` measures each estimator's gradient at
 parameters (:func:`~ppl_reparam.numpyro.gradient_variance`), aggregated over the encoder's and the
 decoder's parameters (:mod:`ppl_reparam.stats`); :func:`train_vae_numpyro` is the ``vae`` study. Its
 rows (history, variance, comparison) and images have the Pyro study's columns, so
-:func:`ppl_reparam.vae.write_results` writes the same CSV, JSON and figures.
+:func:`ppl_reparam.cli.vae.write_results` writes the same CSV, JSON and figures.
 
 The checkpoint ``checkpoint.npz`` is written atomically after every epoch
 (:func:`~ppl_reparam.report.atomic_write_bytes`) and loaded with ``allow_pickle=False``: per run the
@@ -77,7 +77,7 @@ IMAGES = 10
 
 class VAESettings(Protocol):
     """What :func:`train_vae_numpyro` reads from its settings: the attributes of
-    :class:`ppl_reparam.vae.VAEConfig` (``estimators`` and ``measure_on`` as spec strings)."""
+    :class:`ppl_reparam.study.VAEConfig` (``estimators`` and ``measure_on`` as spec strings)."""
 
     estimators: tuple[str, ...]
     model: str

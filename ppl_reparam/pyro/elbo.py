@@ -11,8 +11,9 @@ whose score-function sites :math:`s \in S` (guide latents drawn without ``rsampl
 Pyro's ``TraceGraph_ELBO`` (Schulman et al. 2015; Williams 1992; Ranganath, Gerrish and Blei 2014).
 The dependencies come from provenance tracking (:mod:`ppl_reparam.pyro.provenance`), so with every
 site forced to the score function the gradient is ``TraceGraph_ELBO``'s on the same draws, AutoGuides'
-auxiliary sites included; tracking runs only where there is a score-function site. Reparameterized sites
-carry gradients through their samples (Kingma and Welling 2014; Rezende, Mohamed and Wierstra 2014).
+auxiliary sites included; only score-function samples are tracked, so a pathwise guide pays nothing.
+Reparameterized sites carry gradients through their samples (Kingma and Welling 2014; Rezende, Mohamed
+and Wierstra 2014).
 
 ``analytic_kl=False`` is Kingma and Welling's estimator A (the whole ELBO by Monte Carlo);
 ``analytic_kl=True`` is their estimator B: :math:`\mathrm{KL}(q_t \| p_t)` in closed form where a KL
@@ -53,7 +54,7 @@ from .handlers import (
     is_guide_latent,
     leaf_distribution,
 )
-from .provenance import TrackScoreSites, deps_of, untrack
+from .provenance import deps_of, untrack
 
 _PARTICLE_PLATE = "num_particles_vectorized"  # the name Pyro's ELBO gives its particle plate
 
@@ -203,28 +204,19 @@ class _EstimatorELBO(ELBO):
         return f"{type(self).__name__}(num_particles={self.num_particles}, {opts})"
 
     # ----------------------------------------------------------------------------------- traces
-    def _forced(
-        self, guide: Callable, tracker: TrackScoreSites | None = None
-    ) -> tuple[Callable, ForceEstimatorMessenger]:
-        """``guide`` run under this ELBO's estimator (and ``tracker``, active only while it runs)."""
-        forced = ForceEstimatorMessenger(self.estimator, self.sites)
+    def _forced(self, guide: Callable, track: bool = False) -> tuple[Callable, ForceEstimatorMessenger]:
+        """``guide`` run under this ELBO's estimator, its score-function samples tracked if ``track``."""
+        forced = ForceEstimatorMessenger(self.estimator, self.sites, track)
 
         def forced_guide(*args: Any, **kwargs: Any) -> Any:
-            if tracker is not None:
-                tracker.active = True
-            try:
-                with forced:
-                    return guide(*args, **kwargs)
-            finally:
-                if tracker is not None:
-                    tracker.active = False
+            with forced:
+                return guide(*args, **kwargs)
 
         return forced_guide, forced
 
     def _get_trace(self, model: Callable, guide: Callable, args: tuple, kwargs: dict):
-        tracker = TrackScoreSites()
-        forced_guide, forced = self._forced(guide, tracker)
-        with checking_sites() as nested, tracker:
+        forced_guide, forced = self._forced(guide, track=True)
+        with checking_sites() as nested:
             model_trace, guide_trace = get_importance_trace(
                 "flat", self.max_plate_nesting, model, forced_guide, args, kwargs
             )
@@ -289,18 +281,12 @@ class _EstimatorELBO(ELBO):
     def _terms(self, model_trace: Trace, guide_trace: Trace) -> tuple[list[sg.Term], list[frozenset], list]:
         """The loss terms (plain tensors), the score-function sites each depends on, and the
         score-function sites (:mod:`ppl_reparam.surrogate`)."""
-        guide = [
-            sg.Site(
-                name,
-                _frames(site),
-                site["log_prob"],
-                latent=is_guide_latent(site),
-                score=is_guide_latent(site) and not site["fn"].has_rsample,
-                node=site,
-            )
-            for name, site in guide_trace.nodes.items()
-            if site["type"] == "sample"
-        ]
+        guide = []
+        for name, site in guide_trace.nodes.items():
+            if site["type"] == "sample":
+                latent = is_guide_latent(site)
+                score = latent and not site["fn"].has_rsample
+                guide.append(sg.Site(name, _frames(site), site["log_prob"], latent, score, site))
         model = {
             name: sg.Site(name, _frames(site), site["log_prob"], node=site)
             for name, site in model_trace.nodes.items()
@@ -315,8 +301,9 @@ class _EstimatorELBO(ELBO):
             path_log_prob=self._path_log_prob,
         )
         deps = [deps_of(t.value) for t in terms]
-        sg.check_closed_forms(terms, deps)
-        terms = [sg.Term(t.site, t.frames, untrack(t.value), untrack(t.grad), t.closed_form) for t in terms]
+        if any(deps):  # tracked tensors: check the closed forms, and let the surrogate compute on plain ones
+            sg.check_closed_forms(terms, deps)
+            terms = [sg.Term(t.site, t.frames, untrack(t.value), untrack(t.grad), t.closed_form) for t in terms]
         # Pyro's score function is neither scaled nor masked (pyro #555; see ppl_reparam.surrogate). A
         # partially reparameterized site (a rejection sampler) has one beside its path derivative; its
         # sample is not tracked (such samplers may cache it by identity), so its cost holds every term.

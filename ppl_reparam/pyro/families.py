@@ -62,7 +62,7 @@ import torch
 from scipy import integrate
 from scipy.special import expit
 
-from ..families_cli import DEFAULT_SAMPLES
+from ..families import DEFAULT_SAMPLES
 from ..report import markdown_table
 from ..stats import MIN_REPS, ParamStats
 from .mc_gradients import DistBuilder, Function, pathwise_jacobians, score_function_jacobians

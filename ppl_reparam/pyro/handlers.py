@@ -25,6 +25,7 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.subsample_messenger import _Subsample
 
 from ..forcing import ForcedGuide, SiteChoices
+from .provenance import track
 
 _EMPTY = torch.Size()
 
@@ -64,14 +65,19 @@ class EstimatorDistribution(TorchDistribution):
 
     ``reparameterized=True``: samples are ``base_dist.rsample()`` (pathwise);
     ``False``: samples are ``base_dist.sample()``, detached from autograd and forward-mode tangents
-    (score function). ``log_prob``, ``entropy``, support and shapes are those of ``base_dist``.
+    (score function), and carry the site names ``deps`` for provenance tracking
+    (:mod:`ppl_reparam.pyro.provenance`; the ELBOs set it). ``log_prob``, ``entropy``, support and
+    shapes are those of ``base_dist``.
     """
 
     arg_constraints: dict = {}
 
-    def __init__(self, base_dist: torch.distributions.Distribution, reparameterized: bool):
+    def __init__(
+        self, base_dist: torch.distributions.Distribution, reparameterized: bool, deps: frozenset = frozenset()
+    ):
         self.base_dist = base_dist
         self.has_rsample = reparameterized
+        self.deps = deps
         super().__init__(base_dist.batch_shape, base_dist.event_shape, validate_args=False)
 
     @property
@@ -79,11 +85,12 @@ class EstimatorDistribution(TorchDistribution):
         return self.base_dist.support
 
     def expand(self, batch_shape, _instance=None) -> EstimatorDistribution:
-        return EstimatorDistribution(self.base_dist.expand(batch_shape), self.has_rsample)
+        return EstimatorDistribution(self.base_dist.expand(batch_shape), self.has_rsample, self.deps)
 
     def sample(self, sample_shape: torch.Size = _EMPTY) -> torch.Tensor:
         with torch.no_grad():
-            return self.base_dist.sample(sample_shape).detach()
+            value = self.base_dist.sample(sample_shape).detach()
+        return track(value, self.deps) if self.deps else value
 
     def rsample(self, sample_shape: torch.Size = _EMPTY) -> torch.Tensor:
         if not self.has_rsample:
@@ -125,9 +132,10 @@ def is_guide_latent(msg: dict) -> bool:
     )
 
 
-def apply_estimator(name: str, fn: torch.distributions.Distribution, estimator: str):
+def apply_estimator(name: str, fn: torch.distributions.Distribution, estimator: str, track: bool = False):
     """Wrap the site ``name``'s distribution so that it uses ``estimator``; a pathwise request on a
-    family without ``rsample`` raises a ValueError naming the site and the distribution."""
+    family without ``rsample`` raises a ValueError naming the site and the distribution. With
+    ``track``, score-function samples carry the site's name (provenance tracking)."""
     if estimator == "pathwise" and not can_rsample(fn):
         raise ValueError(
             f"site {name!r}: the pathwise (reparameterized) estimator needs rsample, but "
@@ -137,7 +145,8 @@ def apply_estimator(name: str, fn: torch.distributions.Distribution, estimator: 
         )
     if isinstance(fn, EstimatorDistribution):
         fn = fn.base_dist
-    return EstimatorDistribution(fn, reparameterized=estimator == "pathwise")
+    pathwise = estimator == "pathwise"
+    return EstimatorDistribution(fn, pathwise, frozenset((name,)) if track and not pathwise else frozenset())
 
 
 class ForceEstimatorMessenger(Messenger):
@@ -145,19 +154,23 @@ class ForceEstimatorMessenger(Messenger):
 
     Precedence at a site: named in ``sites`` > the site's own ``infer={"estimator": ...}`` or the
     choice of a handler nested inside this one > ``estimator`` when ``sites`` is None > unchanged
-    (the family's native behaviour).
+    (the family's native behaviour). With ``track`` (the ELBOs' handler) every score-function sample,
+    forced or native, carries its site's name (:mod:`ppl_reparam.pyro.provenance`).
     """
 
-    def __init__(self, estimator: str | None, sites: Iterable[str] | None = None):
+    def __init__(self, estimator: str | None, sites: Iterable[str] | None = None, track: bool = False):
         super().__init__()
         self.choices = SiteChoices(estimator, sites)
+        self.track = track
 
     def _pyro_sample(self, msg: dict) -> None:
         if not is_guide_latent(msg):
             return
         estimator = self.choices.choose(msg["name"], msg["infer"])
+        if estimator is None and self.track and not msg["fn"].has_rsample:
+            estimator = "score"
         if estimator is not None:
-            msg["fn"] = apply_estimator(msg["name"], msg["fn"], estimator)
+            msg["fn"] = apply_estimator(msg["name"], msg["fn"], estimator, self.track)
             # Record the choice as the site's own request, so that an enclosing handler (an ELBO's
             # blanket estimator) respects it; only sites named there override it.
             msg["infer"] = {**msg["infer"], "estimator": estimator}

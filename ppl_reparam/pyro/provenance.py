@@ -1,6 +1,7 @@
 """Which score-function sites each tensor depends on: provenance tracking in torch.
 
-A score-function site's sample is wrapped in :class:`Tracked`, a tensor subclass that carries the
+A score-function site's sample is drawn as a :class:`Tracked` tensor (the ELBOs' forcing handler sets
+it up, :class:`~ppl_reparam.pyro.handlers.EstimatorDistribution`), a tensor subclass that carries the
 set of site names it depends on; every torch operation on it returns a :class:`Tracked` result with
 the union of its inputs' sets (Wingate, Goodman, Stuhlmüller and Siskind 2011), so a loss term
 computed from the traces knows the sites :math:`D_t` of :mod:`ppl_reparam.surrogate`. This is what
@@ -15,9 +16,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from pyro.poutine.messenger import Messenger
-
-from .handlers import is_guide_latent
 
 _NONE: frozenset = frozenset()
 
@@ -74,18 +72,3 @@ def deps_of(x: Any) -> frozenset:
 def untrack(x: Any) -> Any:
     """``x`` as a plain tensor (unchanged if it is not tracked)."""
     return x.plain if isinstance(x, Tracked) else x
-
-
-class TrackScoreSites(Messenger):
-    """Wrap the value of every score-function site (a guide latent drawn without ``rsample``) in
-    :class:`Tracked`, with its own name. Enter it around the whole guide and model run, outside the
-    trace messengers (so that the traces record the tracked values, which the model replays), and set
-    ``active`` only while the guide runs."""
-
-    def __init__(self):
-        super().__init__()
-        self.active = False
-
-    def _pyro_post_sample(self, msg: dict) -> None:
-        if self.active and is_guide_latent(msg) and not msg["fn"].has_rsample:
-            msg["value"] = track(msg["value"], frozenset((msg["name"],)))

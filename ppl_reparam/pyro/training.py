@@ -51,7 +51,7 @@ from .specs import make_elbo
 from .variance import _isolated_rng, gradient_variance
 
 if TYPE_CHECKING:
-    from ..vae import VAEConfig
+    from ..study import VAEConfig
 
 MAX_ELEMENTS = 2**23
 """Most elements (particles x rows x pixels) in one vectorized evaluation pass."""

@@ -43,22 +43,16 @@ from __future__ import annotations
 
 import argparse
 import math
-import signal
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .report import markdown_table, write_csv, write_json
-from .specs import RelaxedSpec, RunSpec, parse_run_spec, parse_spec
-from .stats import MIN_REPS
+from ..report import markdown_table, write_csv, write_json
+from ..specs import RelaxedSpec, RunSpec, parse_run_spec, parse_spec
+from ..stats import MIN_REPS
+from ..study import DEFAULT_LATENT_DIM, MODELS, VAEConfig, VAEResult
+from .common import at_least, int_list, sigterm_as_interrupt, threads
 
-if TYPE_CHECKING:
-    from .study import VAEResult
-
-MODELS = ("gaussian", "discrete")
-DEFAULT_LATENT_DIM = {"gaussian": 8, "discrete": 16}
 DEFAULT_ESTIMATORS = {
     ("gaussian", False): "pathwise",
     ("gaussian", True): "pathwise,score",
@@ -71,120 +65,6 @@ IWAE_SPELLINGS = {"pathwise": "iwae", "score": "iwae-vimco", "vimco": "iwae-vimc
 
 def _with_particles(spec: RunSpec, particles: int) -> RunSpec:
     return replace(spec, particles=particles)
-
-
-# ---------------------------------------------------------------------------------------- settings
-@dataclass(frozen=True)
-class VAEConfig:
-    """Settings of a ``vae`` run (the command's options); checked on construction (ValueError).
-    ``estimators`` and ``measure_on`` are stored as canonical spec strings."""
-
-    estimators: tuple[str, ...] = ("pathwise",)
-    compare: bool = False
-    model: str = "gaussian"
-    epochs: int = 50
-    batch_size: int = 100
-    latent_dim: int = 8
-    hidden: tuple[int, ...] = (128,)
-    lr: float = 1e-3
-    data: str = "digits"
-    seed: int = 0
-    dynamic_binarization: bool = False
-    variance_reps: int = 100
-    variance_every: int = 5
-    test_particles: int = 100
-    measure_on: tuple[str, ...] = ()
-    """Runs (by spec) whose parameters every estimator is measured on; empty: every run."""
-
-    def __post_init__(self) -> None:
-        if self.model not in MODELS:
-            raise ValueError(f"unknown model {self.model!r}; choose from {', '.join(MODELS)}")
-        if isinstance(self.estimators, str):
-            raise ValueError("estimators must be a sequence of specs, not one string")
-        specs = [parse_run_spec(e) for e in self.estimators]
-        names = tuple(str(s) for s in specs)
-        if not names or len(set(names)) < len(names):
-            raise ValueError(f"estimators {list(self.estimators)}: give at least one, each at most once")
-        if len(names) > 1 and not self.compare:
-            raise ValueError(f"several estimators {list(names)} need --compare")
-        for spec in specs:
-            if isinstance(spec, RelaxedSpec) and self.model != "discrete":
-                raise ValueError(f"{spec}: the Concrete relaxation applies to the discrete model (--model discrete)")
-        object.__setattr__(self, "estimators", names)
-        measure_on = tuple(str(parse_run_spec(m)) for m in self.measure_on)
-        unknown = [m for m in measure_on if m not in names]
-        if unknown:
-            raise ValueError(f"--measure-on {unknown}: not among the trained estimators {list(names)}")
-        object.__setattr__(self, "measure_on", measure_on)
-        object.__setattr__(self, "hidden", tuple(self.hidden))
-        positive = {
-            "epochs": self.epochs, "batch size": self.batch_size, "latent dim": self.latent_dim,
-            "variance every": self.variance_every,
-        }
-        for name, value in positive.items():
-            if value < 1:
-                raise ValueError(f"{name} must be at least 1, got {value}")
-        if not self.hidden or min(self.hidden) < 1:
-            raise ValueError(f"hidden layer sizes must be positive, got {list(self.hidden)}")
-        if not self.lr > 0:
-            raise ValueError(f"the learning rate must be positive, got {self.lr}")
-        if self.variance_reps and self.variance_reps < MIN_REPS:
-            raise ValueError(f"variance reps must be 0 (off) or at least {MIN_REPS}, got {self.variance_reps}")
-        if self.test_particles < 2:
-            raise ValueError(f"test particles must be at least 2, got {self.test_particles}")
-
-    @property
-    def specs(self) -> list[RunSpec]:
-        return [parse_run_spec(e) for e in self.estimators]
-
-    def key(self) -> dict[str, Any]:
-        """The settings as a dict, stored in checkpoints to check ``--resume``."""
-        return asdict(self)
-
-    @classmethod
-    def defaults(cls) -> dict[str, Any]:
-        """Field defaults, for checkpoints written before a field existed."""
-        return {f.name: f.default for f in fields(cls)}
-
-    @classmethod
-    def key_of_checkpoint(cls, saved: dict[str, Any]) -> dict[str, Any]:
-        """A checkpoint's stored settings as :meth:`key` gives them now: missing fields take their
-        defaults, and the options of earlier versions (``num_particles``, ``analytic_kl``, before
-        they were written into the specs) are folded into ``estimators``."""
-        saved = dict(saved)
-        particles, analytic_kl = saved.pop("num_particles", 1), saved.pop("analytic_kl", False)
-        if particles != 1 or analytic_kl:
-            saved["estimators"] = resolve_estimators(
-                ",".join(saved["estimators"]), num_particles=None if particles == 1 else particles,
-                analytic_kl=analytic_kl,
-            )
-        return {**cls.defaults(), **{k: v for k, v in saved.items() if k in cls.defaults()}}
-
-    @property
-    def test_elbo_label(self) -> str:
-        if self.model == "discrete":
-            return f"test_discrete_elbo_{self.test_particles}particles"
-        return f"test_elbo_pathwise_{self.test_particles}particles"
-
-
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(s) for s in text.split(",") if s.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
-def _at_least(low: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
-        return value
-
-    return parse
 
 
 def resolve_estimators(
@@ -242,44 +122,6 @@ def config_from_args(args: argparse.Namespace) -> VAEConfig:
     )
 
 
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Turn SIGTERM into KeyboardInterrupt for the block, like Ctrl-C (main thread only)."""
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-@contextmanager
-def threads(n: int) -> Iterator[None]:
-    """At most ``n`` threads for torch's CPU kernels and for NumPy's BLAS in the block. The
-    networks and the bootstrap's matrices here are small: on a busy 2-core machine two threads
-    made an SVI step 25 times slower than one (thread hand-offs, not arithmetic)."""
-    from threadpoolctl import threadpool_limits
-
-    try:
-        import torch
-    except ImportError:  # the NumPyro backend runs without torch
-        torch = None
-    previous = torch.get_num_threads() if torch else None
-    if torch:
-        torch.set_num_threads(n)
-    try:
-        with threadpool_limits(limits=n):
-            yield
-    finally:
-        if torch:
-            torch.set_num_threads(previous)
-
-
-
-
 def _test_elbo_estimator(config: VAEConfig) -> str:
     if config.model == "discrete":
         return (f"Monte Carlo estimate of the discrete ELBO (ScoreFunctionELBO's loss), {config.test_particles} "
@@ -289,7 +131,7 @@ def _test_elbo_estimator(config: VAEConfig) -> str:
 
 def write_results(result: VAEResult, config: VAEConfig, out: Path) -> list[Path]:
     """history.csv, variance.csv, comparison.csv, results.json and the figures, each atomically."""
-    from .plots import plot_elbo_and_variance, plot_elbo_curves, plot_group_variance, plot_image_grid
+    from ..plots import plot_elbo_and_variance, plot_elbo_curves, plot_group_variance, plot_image_grid
 
     history = []
     for h in result.history:
@@ -384,11 +226,11 @@ def summary(result: VAEResult, config: VAEConfig) -> str:
 def run(args: argparse.Namespace) -> None:
     config = config_from_args(args)
     out = Path(args.out)
-    with threads(args.threads), _sigterm_as_interrupt():
+    with threads(args.threads), sigterm_as_interrupt():
         if args.backend == "numpyro":
-            from .numpyro.training import train_vae_numpyro as train_vae
+            from ..numpyro.training import train_vae_numpyro as train_vae
         else:
-            from .pyro.training import train_vae
+            from ..pyro.training import train_vae
 
         result = train_vae(config, out, resume=args.resume, progress=False if args.quiet else None)
     what = "Bernoulli latent bits" if config.model == "discrete" else "Gaussian latents"
@@ -418,36 +260,36 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         + "; ".join(f"{m}: {DEFAULT_ESTIMATORS[m, True]}" for m in MODELS))
     parser.add_argument("--objective", choices=("elbo", "iwae"), default="elbo",
                         help="iwae: --estimator takes pathwise, score, vimco or dreg and means iwae[-vimco|-dreg]:K")
-    parser.add_argument("--k", type=_at_least(2), default=None, help="IWAE samples K with --objective iwae (default 5)")
+    parser.add_argument("--k", type=at_least(2), default=None, help="IWAE samples K with --objective iwae (default 5)")
     parser.add_argument("--compare", action="store_true",
                         help="one model per estimator from the same initial weights; measure every estimator on each")
     parser.add_argument("--measure-on", default=None,
                         help="comma list of trained estimators whose parameters are measured (default: every run)")
     parser.add_argument("--analytic-kl", action="store_true",
                         help="closed-form KL (estimator B) instead of Monte Carlo (A): +akl on every spec")
-    parser.add_argument("--epochs", type=_at_least(1), default=VAEConfig.epochs, help="passes over the data")
-    parser.add_argument("--batch-size", type=_at_least(1), default=VAEConfig.batch_size, help="minibatch size")
-    parser.add_argument("--latent-dim", type=_at_least(1), default=None,
+    parser.add_argument("--epochs", type=at_least(1), default=VAEConfig.epochs, help="passes over the data")
+    parser.add_argument("--batch-size", type=at_least(1), default=VAEConfig.batch_size, help="minibatch size")
+    parser.add_argument("--latent-dim", type=at_least(1), default=None,
                         help="size of z; None: " + ", ".join(f"{v} ({m})" for m, v in DEFAULT_LATENT_DIM.items()))
-    parser.add_argument("--hidden", type=_int_list, default=",".join(map(str, VAEConfig.hidden)),
+    parser.add_argument("--hidden", type=int_list, default=",".join(map(str, VAEConfig.hidden)),
                         help="hidden layer sizes, comma-separated (encoder order; the decoder mirrors them)")
     parser.add_argument("--lr", type=float, default=VAEConfig.lr, help="Adam learning rate")
-    parser.add_argument("--num-particles", type=_at_least(1), default=None,
+    parser.add_argument("--num-particles", type=at_least(1), default=None,
                         help="samples per gradient estimate for specs without ':K' (an error with one that has it)")
     parser.add_argument("--data", default=VAEConfig.data, help="digits, or a path to an MNIST IDX or .npz file")
     parser.add_argument("--seed", type=int, default=VAEConfig.seed,
                         help="seeds the split, the initial weights and every random stream")
     parser.add_argument("--out", default="results/vae", help="folder for results, figures and checkpoint")
     parser.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
-    parser.add_argument("--variance-reps", type=_at_least(0), default=VAEConfig.variance_reps,
+    parser.add_argument("--variance-reps", type=at_least(0), default=VAEConfig.variance_reps,
                         help=f"gradient estimates per variance measurement (0: none; else at least {MIN_REPS})")
-    parser.add_argument("--variance-every", type=_at_least(1), default=VAEConfig.variance_every,
+    parser.add_argument("--variance-every", type=at_least(1), default=VAEConfig.variance_every,
                         help="epochs between variance measurements (also at epoch 0 and the last)")
-    parser.add_argument("--test-particles", type=_at_least(2), default=VAEConfig.test_particles,
+    parser.add_argument("--test-particles", type=at_least(2), default=VAEConfig.test_particles,
                         help="particles per test image for the test ELBO")
     parser.add_argument("--dynamic-binarization", action="store_true",
                         help="draw fresh Bernoulli training pixels every epoch")
-    parser.add_argument("--threads", type=_at_least(1), default=1,
+    parser.add_argument("--threads", type=at_least(1), default=1,
                         help="CPU threads for torch and BLAS (small networks run fastest on one)")
     parser.add_argument("--backend", choices=("pyro", "numpyro"), default="pyro",
                         help="numpyro: train with JAX/NumPyro (gaussian model; pathwise and score specs with :K "

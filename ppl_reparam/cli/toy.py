@@ -22,10 +22,10 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from . import analytic
-from .report import markdown_table, write_csv, write_json
-from .specs import EstimatorSpec, parse_spec, parse_specs
-from .stats import GradientStats
+from .. import analytic
+from ..report import markdown_table, write_csv, write_json
+from ..specs import EstimatorSpec, parse_spec, parse_specs
+from ..stats import GradientStats
 
 DEFAULT_SAMPLES = (10, 100, 1000, 10000, 100000)
 DEFAULT_SPECS = "score+akl,pathwise+akl"
@@ -62,18 +62,18 @@ def measure(
     if backend == "pyro":
         import pyro
 
-        from .models.toy_gaussian import ToyGaussian
-        from .pyro import gradient_variance
-        from .pyro.specs import make_elbo
+        from ..models.toy_gaussian import ToyGaussian
+        from ..pyro import gradient_variance
+        from ..pyro.specs import make_elbo
 
         toy = ToyGaussian(theta)
         pyro.clear_param_store()
         elbo = make_elbo(spec, max_plate_nesting=0)
         return gradient_variance(elbo, toy.model, toy.guide, num_reps=reps, seed=seed, confidence=confidence)
     if backend == "numpyro":
-        from .models.toy_gaussian_numpyro import ToyGaussian as NumPyroToy
-        from .numpyro import gradient_variance as numpyro_gradient_variance
-        from .numpyro.specs import make_elbo as make_numpyro_elbo
+        from ..models.toy_gaussian_numpyro import ToyGaussian as NumPyroToy
+        from ..numpyro import gradient_variance as numpyro_gradient_variance
+        from ..numpyro.specs import make_elbo as make_numpyro_elbo
 
         toy = NumPyroToy(theta)
         return numpyro_gradient_variance(
@@ -154,7 +154,7 @@ def run(args: argparse.Namespace) -> None:
     print(f"Toy problem: d/dtheta E[x^2], x ~ N({args.theta}, 1); {args.reps} repetitions, seed {args.seed}; "
           f"exact gradient {2 * args.theta:g}")
     print(summary_table(rows))
-    from .plots import plot_toy_sweep
+    from ..plots import plot_toy_sweep
 
     files = [
         write_csv(rows, out / "toy.csv"),

@@ -11,9 +11,9 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from . import compare, families_cli, toy, vae
+from . import compare, families, toy, vae
 
-COMMANDS = (toy, vae, compare, families_cli)
+COMMANDS = (toy, vae, compare, families)
 """Modules with ``add_parser(subparsers)``, which registers a subcommand whose ``func`` runs it."""
 
 

@@ -47,8 +47,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .report import atomic_write_text, markdown_table, write_csv, write_json
-from .stats import MIN_REPS
+from ..report import atomic_write_text, markdown_table, write_csv, write_json
+from ..stats import MIN_REPS
 
 MODELS = ("toy", "vae", "discrete")
 DEFAULT_ESTIMATORS = {
@@ -78,7 +78,7 @@ class Target:
 
 def parse_estimators(text: str, model: str) -> list:
     """The specs of ``--estimators``, checked against the model (relaxations: discrete only)."""
-    from .specs import RelaxedSpec, parse_run_spec
+    from ..specs import RelaxedSpec, parse_run_spec
 
     specs = [parse_run_spec(part) for part in text.split(",") if part.strip()]
     if not specs:
@@ -96,8 +96,8 @@ def parse_estimators(text: str, model: str) -> list:
 def _toy_target(theta: float) -> Target:
     import pyro
 
-    from .models.toy_gaussian import ToyGaussian
-    from .pyro.specs import make_elbo
+    from ..models.toy_gaussian import ToyGaussian
+    from ..pyro.specs import make_elbo
 
     toy = ToyGaussian(theta)
 
@@ -118,9 +118,9 @@ def _toy_target(theta: float) -> Target:
 def _vae_target(model: str, seed: int, batch_size: int, checkpoint: str | None, run_name: str | None) -> Target:
     import torch
 
-    from .data import load_dataset
-    from .models.discrete_vae import relaxation
-    from .pyro.training import (
+    from ..data import load_dataset
+    from ..models.discrete_vae import relaxation
+    from ..pyro.training import (
         TrainingRun,
         _build_runs,
         build_model,
@@ -128,10 +128,9 @@ def _vae_target(model: str, seed: int, batch_size: int, checkpoint: str | None, 
         make_run_elbo,
         temperature_of,
     )
-    from .pyro.variance import _isolated_rng
-    from .specs import parse_run_spec
-    from .study import group_names
-    from .vae import DEFAULT_LATENT_DIM, VAEConfig
+    from ..pyro.variance import _isolated_rng
+    from ..specs import parse_run_spec
+    from ..study import DEFAULT_LATENT_DIM, VAEConfig, group_names
 
     kind = VAE_KIND[model]
     trained = {}
@@ -187,8 +186,8 @@ def measure(
     import torch
     from tqdm.auto import tqdm
 
-    from .pyro.variance import _isolated_rng, gradient_variance
-    from .study import comparison_rows, derived_seed, group_rows
+    from ..pyro.variance import _isolated_rng, gradient_variance
+    from ..study import comparison_rows, derived_seed, group_rows
 
     names = {str(s): s for s in specs}
     stats = {}
@@ -256,7 +255,7 @@ def run(args: argparse.Namespace) -> None:
     specs = parse_estimators(args.estimators or DEFAULT_ESTIMATORS[args.model], args.model)
     if args.model == "toy" and (args.checkpoint or args.run):
         raise ValueError("--checkpoint and --run apply to the VAEs (--model vae or discrete), not the toy")
-    from .vae import threads
+    from .common import threads
 
     with threads(args.threads):
         began = time.perf_counter()
@@ -274,7 +273,7 @@ def run(args: argparse.Namespace) -> None:
     print(header)
     print(table)
     out = Path(args.out)
-    from .plots import plot_compare
+    from ..plots import plot_compare
 
     files = [
         write_csv(rows, out / "compare.csv"),

@@ -9,13 +9,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-DEFAULT_SAMPLES = 100_000
-"""Per-sample gradients per estimator and family."""
+from ..families import DEFAULT_SAMPLES
 
 
 def run(args: argparse.Namespace) -> None:
-    from .pyro.families import family_table, summary_table
-    from .report import atomic_write_text, write_csv, write_json
+    from ..pyro.families import family_table, summary_table
+    from ..report import atomic_write_text, write_csv, write_json
 
     rows = family_table(args.samples, args.seed)
     header = (f"Gradient of E[f(x)] per family: {args.samples} per-sample gradients of each estimator, seed "
