@@ -49,7 +49,7 @@ from torch import nn
 from torch.distributions.relaxed_bernoulli import LogitRelaxedBernoulli as _TorchLogitRelaxedBernoulli
 from torch.nn.functional import logsigmoid, softplus
 
-from ppl_reparam.models.vae import MLPDecoder, _mlp
+from ppl_reparam.models.vae import MLPDecoder, mlp
 from ppl_reparam.pyro.guides import data_plate
 
 __all__ = [
@@ -102,7 +102,7 @@ class BernoulliEncoder(nn.Module):
     def __init__(self, input_dim: int = 64, hidden: Sequence[int] = (128,), latent_dim: int = 16):
         super().__init__()
         self.latent_dim = latent_dim
-        self.net = _mlp([input_dim, *hidden, latent_dim])
+        self.net = mlp([input_dim, *hidden, latent_dim])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

@@ -30,7 +30,7 @@ from ppl_reparam.pyro.guides import AmortizedNormal, data_plate
 __all__ = ["MLPDecoder", "MLPEncoder", "VAEModel", "make_vae"]
 
 
-def _mlp(sizes: Sequence[int]) -> nn.Sequential:
+def mlp(sizes: Sequence[int]) -> nn.Sequential:
     """Linear layers through ``sizes`` with softplus between them (none after the last)."""
     layers: list[nn.Module] = []
     for i, (m, n) in enumerate(zip(sizes[:-1], sizes[1:])):
@@ -52,7 +52,7 @@ class MLPEncoder(nn.Module):
         super().__init__()
         self.latent_dim = latent_dim
         self.min_scale = min_scale
-        self.net = _mlp([input_dim, *hidden, 2 * latent_dim])
+        self.net = mlp([input_dim, *hidden, 2 * latent_dim])
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         loc, raw = self.net(x).split(self.latent_dim, dim=-1)
@@ -64,7 +64,7 @@ class MLPDecoder(nn.Module):
 
     def __init__(self, latent_dim: int = 8, hidden: Sequence[int] = (128,), output_dim: int = 64):
         super().__init__()
-        self.net = _mlp([latent_dim, *hidden, output_dim])
+        self.net = mlp([latent_dim, *hidden, output_dim])
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z)

@@ -128,7 +128,7 @@ def _vae_target(model: str, seed: int, batch_size: int, checkpoint: str | None, 
         make_run_elbo,
         temperature_of,
     )
-    from ..pyro.variance import _isolated_rng
+    from ..pyro.variance import isolated_rng
     from ..specs import parse_run_spec
     from ..study import DEFAULT_LATENT_DIM, VAEConfig, group_names
 
@@ -161,7 +161,7 @@ def _vae_target(model: str, seed: int, batch_size: int, checkpoint: str | None, 
             raise ValueError("--run picks a run of --checkpoint; give --checkpoint too")
         data = load_dataset("digits", seed=seed)
         latent_dim = DEFAULT_LATENT_DIM[kind]
-        with _isolated_rng(seed):
+        with isolated_rng(seed):
             vae_model, guide = build_model(kind, data.dim, (128,), latent_dim)
         run = TrainingRun("initial", vae_model, guide, make_run_elbo("score"), lr=1e-3, seed=seed)
         description = f"{kind} VAE {data.dim}-128-{latent_dim} at its initial weights (seed {seed})"
@@ -186,7 +186,7 @@ def measure(
     import torch
     from tqdm.auto import tqdm
 
-    from ..pyro.variance import _isolated_rng, gradient_variance
+    from ..pyro.variance import gradient_variance, isolated_rng
     from ..study import comparison_rows, derived_seed, group_rows
 
     names = {str(s): s for s in specs}
@@ -195,7 +195,7 @@ def measure(
         elbos = {}
         for name, spec in names.items():  # every spec applies, or the ELBO's error before any work
             elbos[name] = target.trained.get(name) or target.make_elbo(spec)
-            with target.relaxed(spec), _isolated_rng(seed), torch.no_grad():
+            with target.relaxed(spec), isolated_rng(seed), torch.no_grad():
                 target.make_elbo(spec).loss(target.model, target.guide, *target.args, **target.kwargs)
         for j, (name, spec) in enumerate(tqdm(names.items(), desc="compare", disable=not progress)):
             elbo = elbos[name]
@@ -203,7 +203,7 @@ def measure(
                 if spec.baseline in ("moving_average", "learned") and name not in target.trained and warmup:
                     # the baseline learns the cost at these parameters; loss_and_grads under no_grad
                     # updates it and leaves the parameters and their .grad alone
-                    with _isolated_rng(derived_seed(seed, j, 1)), torch.no_grad():
+                    with isolated_rng(derived_seed(seed, j, 1)), torch.no_grad():
                         for _ in range(warmup):
                             elbo.loss_and_grads(target.model, target.guide, *target.args, **target.kwargs)
                 stats[name] = gradient_variance(

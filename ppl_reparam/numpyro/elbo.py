@@ -95,7 +95,7 @@ class _JaxOps:
 OPS = _JaxOps()
 
 
-def _sample_sites(tr: dict) -> list[dict]:
+def sample_sites(tr: dict) -> list[dict]:
     return [site for site in tr.values() if site["type"] == "sample"]
 
 
@@ -104,18 +104,18 @@ def _is_score_site(site: dict) -> bool:
     return is_guide_latent(site) and not site["fn"].has_rsample
 
 
-def _log_prob(site: dict) -> jax.Array:
+def log_density(site: dict) -> jax.Array:
     """The site's unscaled log-density at its value (masks live in the distribution in NumPyro)."""
     if site["intermediates"]:
         return site["fn"].log_prob(site["value"], site["intermediates"])
     return site["fn"].log_prob(site["value"])
 
 
-def _path_log_prob(site: dict) -> jax.Array:
+def path_log_density(site: dict) -> jax.Array:
     r"""The path derivative of a site's unscaled log-density, value-equal to it:
     :math:`\log q_\phi(z) - \log q_\phi(\bot z) + \bot \log q_\phi(\bot z)` (sticking the landing)."""
     at_fixed_z = site["fn"].log_prob(stop_gradient(site["value"]))
-    return _log_prob(site) - at_fixed_z + stop_gradient(at_fixed_z)
+    return log_density(site) - at_fixed_z + stop_gradient(at_fixed_z)
 
 
 def _unmasked(fn: Distribution) -> Distribution:
@@ -159,9 +159,9 @@ def traces(
         guide_trace = trace(substitute(seeded_guide, data=param_map)).get_trace(*args, **kwargs)
     seeded_model = seed(model, model_key)
     model_trace = trace(substitute(replay(seeded_model, guide_trace), data=param_map)).get_trace(*args, **kwargs)
-    check_named_sites([forced.choices, *nested], (s["name"] for s in _sample_sites(model_trace)), forced.choices.seen)
+    check_named_sites([forced.choices, *nested], (s["name"] for s in sample_sites(model_trace)), forced.choices.seen)
     sg.check_not_enumerated(
-        ((s["name"], s["infer"], s["fn"]) for s in _sample_sites(model_trace) if not s["is_observed"]),
+        ((s["name"], s["infer"], s["fn"]) for s in sample_sites(model_trace) if not s["is_observed"]),
         guide_trace,
         describe,
     )
@@ -204,7 +204,7 @@ def _raise_non_finite(sums: jax.Array, labels: list[tuple[str, str]]) -> None:
     )
 
 
-class _EstimatorELBO(ELBO):
+class EstimatorELBO(ELBO):
     """Shared machinery: force ``estimator`` on the guide and differentiate the surrogate loss."""
 
     estimator: str
@@ -274,18 +274,18 @@ class _EstimatorELBO(ELBO):
             sg.Site(
                 site["name"],
                 frozenset(site["cond_indep_stack"]),
-                _scaled(site, _log_prob(site)),
+                _scaled(site, log_density(site)),
                 latent=is_guide_latent(site),
                 score=_is_score_site(site),
                 node=site,
             )
-            for site in _sample_sites(guide_trace)
+            for site in sample_sites(guide_trace)
         ]
         model = {
             site["name"]: sg.Site(
-                site["name"], frozenset(site["cond_indep_stack"]), _scaled(site, _log_prob(site)), node=site
+                site["name"], frozenset(site["cond_indep_stack"]), _scaled(site, log_density(site)), node=site
             )
-            for site in _sample_sites(model_trace)
+            for site in sample_sites(model_trace)
         }
         terms = sg.loss_terms(
             guide,
@@ -293,7 +293,7 @@ class _EstimatorELBO(ELBO):
             analytic_kl=self.analytic_kl,
             stl=self.stl,
             closed_form_kl=self._closed_form_kl,
-            path_log_prob=lambda s: _scaled(s.node, _path_log_prob(s.node)),
+            path_log_prob=lambda s: _scaled(s.node, path_log_density(s.node)),
         )
         score_sites = [
             sg.ScoreSite(
@@ -326,7 +326,7 @@ class _EstimatorELBO(ELBO):
         ``TraceGraph_ELBO``."""
         names = [s.name for s in score_sites]
         if self.analytic_kl:  # every latent, so that check_closed_forms sees every dependency
-            names = [site["name"] for site in _sample_sites(guide_trace) if is_guide_latent(site)]
+            names = [site["name"] for site in sample_sites(guide_trace) if is_guide_latent(site)]
         values = {name: guide_trace[name]["value"] for name in names}
         shapes = {name: jax.ShapeDtypeStruct(jnp.shape(v), jnp.result_type(v)) for name, v in values.items()}
 
@@ -488,7 +488,7 @@ def _with_gradient_of(losses: jax.Array, surrogates: jax.Array) -> jax.Array:
     return stop_gradient(jnp.mean(losses)) + surrogate - stop_gradient(surrogate)
 
 
-class ScoreFunctionELBO(_EstimatorELBO):
+class ScoreFunctionELBO(EstimatorELBO):
     r"""ELBO whose gradient uses the score-function (REINFORCE) estimator at every guide latent.
 
     .. math:: \nabla_\phi E_q[f] = E_q[f(z)\, \nabla_\phi \log q_\phi(z)]
@@ -513,7 +513,7 @@ class ScoreFunctionELBO(_EstimatorELBO):
     estimator = "score"
 
 
-class PathwiseELBO(_EstimatorELBO):
+class PathwiseELBO(EstimatorELBO):
     r"""ELBO whose gradient uses the pathwise (reparameterization) estimator at every guide latent.
 
     .. math:: \nabla_\phi E_{q_\phi}[f] = E_{\epsilon}[\nabla_\phi f(g_\phi(\epsilon))],

@@ -44,7 +44,7 @@ from jax.scipy.special import logsumexp
 from numpyro.handlers import replay, seed, substitute, trace
 from numpyro.infer.elbo import ELBO
 
-from .elbo import _log_prob, _path_log_prob, _sample_sites, shared_subsamples, traces
+from .elbo import log_density, path_log_density, sample_sites, shared_subsamples, traces
 from .handlers import ForceEstimatorMessenger, is_guide_latent
 
 IWAE_ESTIMATORS = {"pathwise": "pathwise", "score": "score", "dreg": "pathwise"}
@@ -123,7 +123,7 @@ class IWAE(ELBO):
             if self.estimator == "dreg" and "reparameterized sampler" in str(e):
                 raise ValueError(f"IWAE(estimator='dreg') needs reparameterized guide sites: {e}") from None
             raise
-        model_sites, guide_sites = _sample_sites(model_trace), _sample_sites(guide_trace)
+        model_sites, guide_sites = sample_sites(model_trace), sample_sites(guide_trace)
         common = frozenset.intersection(*(_frames(s) for s in model_sites + guide_sites))
         ndim = max((-f.dim for f in common), default=0)
         sizes = {f.dim: f.size for f in common}
@@ -133,19 +133,19 @@ class IWAE(ELBO):
         def total(sites: list[dict], density: Callable[[dict], jax.Array]) -> jax.Array:
             return sum((_to_elements(density(s), common, shape) for s in sites), jnp.zeros(shape))
 
-        log_p = total(model_sites, _log_prob)
-        out = {"log_w": log_p - total(guide_sites, _log_prob)}
+        log_p = total(model_sites, log_density)
+        out = {"log_w": log_p - total(guide_sites, log_density)}
         if self.estimator == "score":
-            out["log_q"] = total(guide_sites, _log_prob)
+            out["log_q"] = total(guide_sites, log_density)
         elif self.estimator == "dreg":
             out["path_log_w"] = log_p - total(
-                guide_sites, lambda s: _path_log_prob(s) if is_guide_latent(s) else _log_prob(s)
+                guide_sites, lambda s: path_log_density(s) if is_guide_latent(s) else log_density(s)
             )
             out["log_p_bar"] = total(
-                _sample_sites(
+                sample_sites(
                     self._model_at_fixed_z(keys, param_map, model, guide_trace, args, kwargs, info["plates"])
                 ),
-                _log_prob,
+                log_density,
             )
         return out
 

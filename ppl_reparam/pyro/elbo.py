@@ -143,7 +143,7 @@ def _check_mean_field(model_trace: Trace, guide_trace: Trace) -> None:
         )
 
 
-class _EstimatorELBO(ELBO):
+class EstimatorELBO(ELBO):
     """Shared machinery: force ``estimator`` on the guide and differentiate the surrogate loss."""
 
     estimator: str
@@ -195,7 +195,7 @@ class _EstimatorELBO(ELBO):
             **kwargs,
         )
 
-    def with_num_particles(self, num_particles: int) -> _EstimatorELBO:
+    def with_num_particles(self, num_particles: int) -> EstimatorELBO:
         """A copy of this ELBO with another ``num_particles`` (all other options kept)."""
         return type(self)(num_particles=num_particles, **self._options)
 
@@ -378,7 +378,7 @@ class _EstimatorELBO(ELBO):
         for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
             loss, surrogate, terms, costs = self._particle_losses(model_trace, guide_trace, args, kwargs)
             total += loss.sum().item() / self.num_particles
-            params = _params(model_trace, guide_trace)
+            params = param_leaves(model_trace, guide_trace)
             if params and surrogate.requires_grad:
                 (surrogate.sum() / self.num_particles).backward(retain_graph=True)
                 _check_gradients(params, terms)
@@ -387,7 +387,7 @@ class _EstimatorELBO(ELBO):
         return total
 
 
-def _params(*traces: Trace) -> list[torch.Tensor]:
+def param_leaves(*traces: Trace) -> list[torch.Tensor]:
     """The unconstrained leaf tensors of the param sites in ``traces`` (what optimizers update)."""
     found = {}
     for trace in traces:
@@ -414,7 +414,7 @@ def _check_gradients(params: list[torch.Tensor], terms: list[sg.Term]) -> None:
     )
 
 
-class ScoreFunctionELBO(_EstimatorELBO):
+class ScoreFunctionELBO(EstimatorELBO):
     r"""ELBO whose gradient uses the score-function (REINFORCE) estimator at every guide latent.
 
     .. math:: \nabla_\phi E_q[f] = E_q[f(z)\, \nabla_\phi \log q_\phi(z)]
@@ -435,7 +435,7 @@ class ScoreFunctionELBO(_EstimatorELBO):
     estimator = "score"
 
 
-class PathwiseELBO(_EstimatorELBO):
+class PathwiseELBO(EstimatorELBO):
     r"""ELBO whose gradient uses the pathwise (reparameterization) estimator at every guide latent.
 
     .. math:: \nabla_\phi E_{q_\phi}[f] = E_{\epsilon}[\nabla_\phi f(g_\phi(\epsilon))],

@@ -40,7 +40,7 @@ from pyro.poutine import Trace
 from pyro.poutine.util import prune_subsample_sites
 from pyro.util import check_if_enumerated
 
-from .elbo import _params
+from .elbo import param_leaves
 from .handlers import ForceEstimatorMessenger, is_guide_latent
 
 IWAE_ESTIMATORS = {"pathwise": "pathwise", "score": "score", "dreg": "pathwise"}
@@ -138,7 +138,7 @@ class IWAE(ELBO):
             objective = self._dreg_objective(
                 model, model_trace, guide_trace, full_guide_trace, log_w, common, args, kwargs
             )
-        return loss, -scale * objective.sum(), _params(model_trace, guide_trace)
+        return loss, -scale * objective.sum(), param_leaves(model_trace, guide_trace)
 
     def _vimco_term(self, log_w: torch.Tensor, guide_trace: Trace, common: frozenset) -> torch.Tensor:
         r""":math:`\sum_k \bot(\hat L - \hat L_{-k}) \log q(z_k)`, per shared plate element."""

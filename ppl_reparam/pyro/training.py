@@ -48,7 +48,7 @@ from ..study import VAEResult, comparison_rows, derived_seed, group_names, group
 from .baselines import LearnedBaseline
 from .elbo import ScoreFunctionELBO
 from .specs import make_elbo
-from .variance import _isolated_rng, gradient_variance
+from .variance import gradient_variance, isolated_rng
 
 if TYPE_CHECKING:
     from ..study import VAEConfig
@@ -125,7 +125,7 @@ def evaluate_elbo(
     elbo = make_elbo(EstimatorSpec(estimator, num_particles), max_plate_nesting=MAX_PLATE_NESTING)
     rows = max(1, MAX_ELEMENTS // (num_particles * int(np.prod(x.shape[1:]))))
     per_particle = torch.zeros(num_particles, dtype=torch.float64)
-    with _isolated_rng(seed), torch.no_grad():
+    with isolated_rng(seed), torch.no_grad():
         for chunk in x.split(rows):
             loss, _ = elbo.particle_losses(model, guide, chunk)
             per_particle -= loss.double()
@@ -173,7 +173,7 @@ class TrainingRun:
         self.optim = Adam({"lr": lr})
         self.svi = SVI(model, guide, self.optim, elbo)
         self.scope: dict[str, dict] = {"params": {}, "constraints": {}}
-        with _isolated_rng(seed):
+        with isolated_rng(seed):
             self.torch_rng = torch.random.get_rng_state()
         self.data_rng = np.random.default_rng(seed)
         self.epoch = 0
@@ -320,7 +320,7 @@ def _build_runs(config: VAEConfig, input_dim: int) -> list[TrainingRun]:
     """One run per estimator spec, every one from the same initial weights (built under ``config.seed``)."""
     runs = []
     for spec in config.specs:
-        with _isolated_rng(config.seed):
+        with isolated_rng(config.seed):
             model, guide = build_model(config.model, input_dim, config.hidden, config.latent_dim, temperature_of(spec))
         runs.append(TrainingRun(str(spec), model, guide, make_run_elbo(spec), config.lr, config.seed))
     return runs
@@ -332,7 +332,7 @@ def _check_specs(runs: list[TrainingRun], config: VAEConfig, x: torch.Tensor, nu
     fresh ELBOs and the RNG state left as it was."""
     run = runs[0]
     for spec in config.specs:
-        with run.active(), _isolated_rng(0), relaxation(run.model, run.guide, temperature_of(spec)):
+        with run.active(), isolated_rng(0), relaxation(run.model, run.guide, temperature_of(spec)):
             make_run_elbo(spec).loss(run.model, run.guide, x[:2], num_data=num_data)
 
 
@@ -393,7 +393,7 @@ def _images(
     """Rows for the image grid: test images, each run's reconstructions (Bernoulli means at the
     posterior mean, or for binary latents at the posterior mode), each run's prior samples (Bernoulli
     means at z from the prior; the same z for every run)."""
-    with _isolated_rng(config.seed):
+    with isolated_rng(config.seed):
         if config.model == "discrete":
             z = torch.bernoulli(torch.full((len(x), config.latent_dim), 0.5))
         else:

@@ -44,13 +44,13 @@ from pyro.poutine.subsample_messenger import _Subsample
 from tqdm.auto import tqdm
 
 from ..stats import MIN_REPS, GradientStats
-from .elbo import _EstimatorELBO
+from .elbo import EstimatorELBO
 
 METHODS = ("auto", "forward", "loop")
 
 
 @contextmanager
-def _isolated_rng(seed: int):
+def isolated_rng(seed: int):
     """Seed torch, numpy and random for the block, and restore the caller's RNG state after it."""
     state = (torch.random.get_rng_state(), np.random.get_state(), random.getstate())
     pyro.set_rng_seed(seed)
@@ -121,7 +121,7 @@ def _gradient(elbo: ELBO, model: Callable, guide: Callable, args: tuple, kwargs:
 
 
 def _forward_samples(
-    elbo: _EstimatorELBO,
+    elbo: EstimatorELBO,
     model: Callable,
     guide: Callable,
     args: tuple,
@@ -216,10 +216,10 @@ def gradient_variance(
         raise ValueError(f"chunk_particles must be positive, got {chunk_particles}")
     # One vectorized pass puts several repetitions' particles side by side, so a baseline that
     # compares particles (leave-one-out) would mix repetitions: those ELBOs are measured by "loop".
-    couples = isinstance(elbo, _EstimatorELBO) and elbo.baseline is not None and elbo.baseline.needs_particles
-    batched = isinstance(elbo, _EstimatorELBO) and elbo.vectorize_particles and not couples
+    couples = isinstance(elbo, EstimatorELBO) and elbo.baseline is not None and elbo.baseline.needs_particles
+    batched = isinstance(elbo, EstimatorELBO) and elbo.vectorize_particles and not couples
     start = time.perf_counter()
-    with _isolated_rng(seed):
+    with isolated_rng(seed):
         params, subsampled = _run_once(model, guide, args, kwargs)
         size = sum(p.numel() for p in params.values())
         auto = method == "auto"
