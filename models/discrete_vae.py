@@ -35,8 +35,7 @@ layer of 128 softplus units, L = 16 bits) suit the 8x8 digits.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 import pyro
@@ -51,6 +50,7 @@ from torch.nn.functional import logsigmoid, softplus
 
 from ppl_reparam.models.vae import MLPDecoder, mlp
 from ppl_reparam.pyro.guides import data_plate
+from ppl_reparam.pyro.training import relaxation
 
 __all__ = [
     "AmortizedBernoulli",
@@ -185,24 +185,6 @@ def make_discrete_vae(
                              temperature=temperature)
     guide = AmortizedBernoulli(BernoulliEncoder(input_dim, hidden, latent_dim), temperature=temperature)
     return model, guide
-
-
-@contextmanager
-def relaxation(model: Any, guide: Any, temperature: float | None) -> Iterator[None]:
-    """Run the block with ``model`` and ``guide`` at ``temperature`` (None: discrete), then restore
-    theirs. A model without a ``temperature`` attribute (the Gaussian VAE) takes only None."""
-    if not hasattr(model, "temperature"):
-        if temperature is not None:
-            raise ValueError(f"{type(model).__name__} has no discrete latent to relax (temperature {temperature})")
-        yield
-        return
-    temperature = _check_temperature(temperature)
-    saved = model.temperature, guide.temperature
-    model.temperature = guide.temperature = temperature
-    try:
-        yield
-    finally:
-        model.temperature, guide.temperature = saved
 
 
 def exact_elbo(model: DiscreteVAEModel, guide: AmortizedBernoulli, x: torch.Tensor) -> torch.Tensor:

@@ -158,6 +158,40 @@ def objective_of(spec: RunSpec) -> str:
     return f"iwae:{spec.particles}" if spec.is_iwae else "elbo"
 
 
+@dataclass(frozen=True)
+class ElboClasses:
+    """A backend's ELBO classes, for :func:`build_elbo`."""
+
+    score: Callable[..., Any]
+    pathwise: Callable[..., Any]
+    iwae: Callable[..., Any]
+
+
+def build_elbo(
+    spec: EstimatorSpec | str,
+    classes: ElboClasses,
+    *,
+    baseline: Any = None,
+    elbo_options: Mapping[str, Any] | None = None,
+    iwae_options: Mapping[str, Any] | None = None,
+) -> Any:
+    """The ELBO a spec names, built from a backend's ``classes``: ``IWAE(K, estimator, **iwae_options)``
+    for the IWAE bases, else the score-function or pathwise ELBO with the spec's particles, closed-form
+    KL, baseline (or ``baseline``, an instance that replaces the spec's, e.g. a learned baseline with
+    features) and ``stl``, and ``elbo_options`` (the backend's particle layout)."""
+    spec = parse_spec(spec) if isinstance(spec, str) else spec
+    if spec.is_iwae:
+        return classes.iwae(spec.particles, IWAE_ESTIMATOR[spec.base], **(iwae_options or {}))
+    cls = classes.score if spec.base == "score" else classes.pathwise
+    return cls(
+        num_particles=spec.particles,
+        analytic_kl=spec.analytic_kl,
+        baseline=spec.baseline if baseline is None else baseline,
+        stl=spec.stl,
+        **(elbo_options or {}),
+    )
+
+
 def make_baseline(
     spec: Any, kinds: Mapping[str, Callable[[], Any]], constant: Callable[[float], Any], base: type
 ) -> Any:

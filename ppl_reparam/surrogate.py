@@ -42,6 +42,7 @@ an :class:`ArrayOps` for its array library.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -107,6 +108,31 @@ class ScoreSite:
     frames: frozenset
     log_q: Array
     scale: Array | float
+
+
+def check_options(
+    num_particles: Any, sites: Iterable[str] | str | None, baseline: Any, stl: bool, analytic_kl: bool, stacked: bool
+) -> tuple[str, ...] | None:
+    """Check the options every ELBO of this package takes and return ``sites`` as a tuple (or None).
+
+    ``baseline`` is the backend's baseline object (or None); ``stacked`` says whether the particles of
+    one estimate are side by side where a leave-one-out baseline can compare them (Pyro: only when
+    vectorized)."""
+    if isinstance(num_particles, bool) or not isinstance(num_particles, numbers.Integral) or num_particles < 1:
+        raise ValueError(f"num_particles must be a positive integer, got {num_particles!r}")
+    if baseline is not None and baseline.needs_particles and (num_particles < 2 or not stacked):
+        raise ValueError(
+            f"baseline {baseline!r} (leave-one-out) compares particles: it needs num_particles >= 2"
+            + ("" if stacked else " and vectorize_particles=True")
+            + f", got num_particles={num_particles}"
+            + ("" if stacked else ", vectorize_particles=False")
+        )
+    if stl and analytic_kl:
+        raise ValueError(
+            "stl=True (sticking the landing) drops the score term of the Monte Carlo log q, and "
+            "analytic_kl=True has no such term; use one or the other"
+        )
+    return None if sites is None else tuple([sites] if isinstance(sites, str) else sites)
 
 
 def loss_terms(

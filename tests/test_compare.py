@@ -11,9 +11,10 @@ import pyro
 import pytest
 import torch
 
+from ppl_reparam import models, training
 from ppl_reparam.cli import main
 from ppl_reparam.cli.compare import _vae_target, measure, parse_estimators
-from ppl_reparam.pyro.training import train_vae
+from ppl_reparam.pyro.training import VAEStudy
 from ppl_reparam.pyro.variance import trace_params
 from ppl_reparam.study import VAEConfig
 
@@ -102,7 +103,7 @@ def test_from_a_checkpoint(tmp_path, capsys):
     """At a `vae` run's trained weights: its own spec keeps the trained baseline (no warm-up)."""
     config = VAEConfig(estimators=("pathwise", "score+ma"), compare=True, epochs=1, hidden=(16,), latent_dim=4,
                        variance_reps=0, test_particles=5)
-    result = train_vae(config, tmp_path / "run")
+    result = training.train_vae(config, tmp_path / "run", VAEStudy(models.pyro_vae))
     trained = result.runs[1].elbo.baseline.averages["z"]
     target = _vae_target("vae", seed=0, batch_size=20, checkpoint=str(tmp_path / "run"), run_name="score+ma")
     assert torch.equal(target.trained["score+ma"].baseline.averages["z"], trained)

@@ -14,13 +14,18 @@ import pytest
 import torch
 from torch.distributions.relaxed_bernoulli import LogitRelaxedBernoulli as TorchLogitRelaxedBernoulli
 
-from ppl_reparam import cli
+from ppl_reparam import cli, models, training
 from ppl_reparam.data import load_dataset
 from ppl_reparam.models.discrete_vae import LogitRelaxedBernoulli, exact_elbo, make_discrete_vae, relaxation
 from ppl_reparam.pyro import gradient_variance
 from ppl_reparam.pyro.specs import make_elbo
-from ppl_reparam.pyro.training import CHECKPOINT, TrainingRun, evaluate_elbo, make_run_elbo, train_vae
+from ppl_reparam.pyro.training import CHECKPOINT, TrainingRun, VAEStudy, evaluate_elbo, make_run_elbo
 from ppl_reparam.study import VAEConfig
+
+
+def train_vae(config, out, **options):
+    return training.train_vae(config, out, VAEStudy(models.pyro_vae), **options)
+
 
 TINY = VAEConfig(
     model="discrete", estimators=("score+rloo:4", "relaxed+t=0.5"), compare=True, epochs=2, hidden=(16,),

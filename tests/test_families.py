@@ -1,5 +1,6 @@
-"""Reparameterizable families: both estimators against exact gradients, straight-through bias,
-per-sample Jacobians (ppl_reparam.pyro.mc_gradients) and the ``families`` command."""
+"""Reparameterizable families on the Pyro backend: both estimators against exact gradients,
+straight-through bias, the exact gradients' quadrature, per-sample Jacobians
+(ppl_reparam.pyro.mc_gradients) and the ``families`` command."""
 
 import csv
 import dataclasses
@@ -12,8 +13,9 @@ import torch
 
 from ppl_reparam import analytic
 from ppl_reparam.cli import main
-from ppl_reparam.pyro.families import (
+from ppl_reparam.families import (
     FAMILIES,
+    Backend,
     family_table,
     measure,
     rebar_cost,
@@ -21,6 +23,7 @@ from ppl_reparam.pyro.families import (
     relaxed_bernoulli_gradient,
     rows_of,
 )
+from ppl_reparam.pyro.families import IMPLEMENTATIONS, PYRO
 from ppl_reparam.pyro.mc_gradients import pathwise_jacobians, score_function_jacobians
 
 Z = 5.5
@@ -46,12 +49,25 @@ def square(x):
 
 @pytest.mark.parametrize("family", UNBIASED, ids=_ids)
 def test_both_estimators_are_unbiased(family):
-    m = measure(family, SAMPLES, seed=0)
+    m = measure(family, PYRO, SAMPLES, seed=0)
     assert np.all(np.abs(m.score.mean - m.exact) < Z * m.score.standard_error)
-    if family.pathwise_available:
+    if family.pathwise:
         assert np.all(np.abs(m.pathwise.mean - m.exact) < Z * m.pathwise.standard_error)
     else:
         assert m.pathwise is None and family.name == "Poisson"
+
+
+@pytest.mark.parametrize("family", FAMILIES, ids=_ids)
+def test_the_families_data_matches_the_torch_distributions(family):
+    # the framework-free data says which estimators apply; torch's distributions must agree
+    implementation = IMPLEMENTATIONS[family.name]
+    rows = torch.tensor([family.params] * 3, dtype=torch.float64)
+    assert implementation.build(rows).has_rsample == family.pathwise
+    if family.score_distribution is None:
+        assert implementation.score_build is None
+    else:
+        assert type(implementation.score_build(rows)).__name__ == family.score_distribution
+    assert set(IMPLEMENTATIONS) == {f.name for f in FAMILIES} and not PYRO.missing
 
 
 @pytest.mark.parametrize("family", STRAIGHT_THROUGH, ids=_ids)
@@ -59,7 +75,7 @@ def test_straight_through_is_biased_and_its_score_column_is_not(family):
     # 60,000 samples: the exact bias (0.0134 in size, by quadrature) is about 11.9 standard errors of
     # the straight-through mean (per-sample variance 0.0766), so "measured bias beyond 5 SE, with the
     # exact bias's sign" fails only on a fluctuation beyond 6.8 SE (probability below 1e-11).
-    m = measure(family, 60_000, seed=0)
+    m = measure(family, PYRO, 60_000, seed=0)
     params = np.array(family.params)
     st_mean = family.straight_through_mean(params)
     exact_bias = st_mean - m.exact
@@ -90,7 +106,7 @@ def test_relaxed_quadrature_matches_finite_differences():
 def test_normal_per_sample_variances_match_closed_forms():
     # Normal(2, 1) with f = x^2 is the design's toy problem: analytic.py's per-sample gradients equal
     # ours up to the entropy's constant -1/sigma, so the variances are the same (4, 24; 87, 346).
-    m = measure(FAMILIES[0], SAMPLES, seed=0)
+    m = measure(FAMILIES[0], PYRO, SAMPLES, seed=0)
     for estimator, stats in (("pathwise", m.pathwise), ("score", m.score)):
         for j, wrt in enumerate(("loc", "scale")):
             exact = analytic.gradient_moments(estimator, 2.0, 1.0, wrt=wrt)
@@ -133,13 +149,14 @@ def test_argument_errors():
     with pytest.raises(ValueError, match="one value per sample"):
         score_function_jacobians(lambda x: x.sum(), normal, params, 10, seed=0)
     with pytest.raises(ValueError, match="at least 5"):
-        measure(FAMILIES[0], 4, seed=0)
+        measure(FAMILIES[0], PYRO, 4, seed=0)
 
 
 def test_zero_variance_gives_infinite_ratio():
     # f = x under Normal(mu, sigma): the pathwise gradient in mu is 1 for every sample
-    linear = dataclasses.replace(FAMILIES[0], function=lambda x: x, exact_gradient=lambda p: np.array([1.0, 0.0]))
-    mu, sigma = rows_of(measure(linear, 100, seed=0))
+    linear = dataclasses.replace(FAMILIES[0], exact_gradient=lambda p: np.array([1.0, 0.0]))
+    backend = Backend("pyro", {"Normal": dataclasses.replace(IMPLEMENTATIONS["Normal"], function=lambda x: x)})
+    mu, sigma = rows_of(measure(linear, backend, 100, seed=0))
     assert mu["pathwise_per_sample_variance"] == 0 and mu["variance_ratio"] == np.inf
     assert mu["pathwise_bias"] == 0 and np.isnan(mu["pathwise_z"])
     assert np.isfinite(sigma["variance_ratio"])
@@ -154,20 +171,21 @@ def test_seeded_and_leaves_the_global_rng_alone():
         assert torch.equal(state, torch.get_rng_state())
         assert torch.equal(a, estimator(square, gamma, params, 100, seed=1))
         assert not torch.equal(a, estimator(square, gamma, params, 100, seed=2))
-    assert repr(family_table(num_samples=50, seed=3)) == repr(family_table(num_samples=50, seed=3))  # NaN-safe
+    assert repr(family_table([PYRO], num_samples=50, seed=3)) == repr(family_table([PYRO], num_samples=50, seed=3))
 
 
 def test_families_command_end_to_end(tmp_path, capsys):
     out = tmp_path / "families"
     assert main(["families", "--samples", "500", "--seed", "1", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "| family | θ | f | exact ∇ | pathwise | pathwise mean | score mean |" in printed
+    assert "\n| family | θ | f | exact ∇ | pathwise | pathwise mean | score mean |" in printed  # no backend column
     rows = list(csv.DictReader(open(out / "families.csv")))
     assert len(rows) == sum(len(f.param_names) for f in FAMILIES) == 20
+    assert {r["backend"] for r in rows} == {"pyro"} and {r["score_available"] for r in rows} == {"True"}
     poisson = next(r for r in rows if r["family"] == "Poisson")
     assert poisson["pathwise_available"] == "False" and poisson["pathwise_mean"] == "nan"
     saved = json.loads((out / "families.json").read_text())
-    assert saved["samples"] == 500 and saved["rows"][0]["num_samples"] == 500
+    assert saved["samples"] == 500 and saved["backends"] == ["pyro"] and saved["rows"][0]["num_samples"] == 500
     assert next(r for r in saved["rows"] if r["family"] == "Poisson")["variance_ratio"] is None
     assert "| RelaxedBernoulliStraightThrough | logits = 0.3 |" in (out / "families.md").read_text()
     assert main(["families", "--samples", "3", "--out", str(out)]) == 2

@@ -1,4 +1,5 @@
-"""MeanField: family per support, initialisation, errors, plates and subsampling, per-site estimators.
+"""MeanField: family per support, initialisation, errors, plates and subsampling, per-site estimators;
+the rules shared with the NumPyro guide (ppl_reparam.meanfield): the same initial parameters and errors.
 
 Initial moments are exact by construction (float32 arithmetic: rtol 1e-5). Gradient means are
 checked against autograd on the closed-form -ELBO within K_SE standard errors, as in
@@ -6,14 +7,22 @@ test_pyro_estimators.py (K_SE = 5.5: a two-sided normal tail of 3.8e-8 per eleme
 """
 
 import math
+import subprocess
+import sys
 
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as ndist
 import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from numpyro.handlers import seed, substitute, trace
 from pyro import poutine
 from pyro.infer import Trace_ELBO
 
+import ppl_reparam.numpyro as numpyro_backend
 from ppl_reparam.models import normal_normal
 from ppl_reparam.pyro import MeanField, PathwiseELBO, ScoreFunctionELBO, force_estimator, gradient_variance
 from ppl_reparam.pyro.variance import trace_params
@@ -188,3 +197,115 @@ def test_score_site_gradient_is_unbiased_under_every_elbo(elbo):
     # Score function, not pathwise: the pathwise per-sample gradient in loc is z / 4 + sum_i (z - x_i),
     # of variance (10 + 1/4)^2 s^2 = 4.2 at s = 0.2; the score function's is orders of magnitude above.
     assert stats["MeanField.params.mu.loc"].per_sample_variance > 10 * 4.2
+
+
+# ------------------------------------------------------------------------------------------------
+# The rules both backends share (ppl_reparam.meanfield)
+
+
+def test_the_shared_rules_import_neither_framework():
+    code = "import sys, ppl_reparam.meanfield; print(sorted({'torch', 'pyro', 'jax', 'numpyro'} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def pyro_kinds():
+    """Real, positive, unit-interval and simplex sites, global and in a subsampled plate (2 rows of 4)."""
+    pyro.sample("real", dist.Normal(1.0, 2.0))
+    pyro.sample("vector", dist.Normal(torch.zeros(3), 1.0).to_event(1))
+    pyro.sample("positive", dist.Gamma(3.0, 2.0))
+    pyro.sample("shape", dist.Gamma(3.0, 2.0))
+    pyro.sample("unit", dist.Beta(2.0, 3.0))
+    pyro.sample("uniform", dist.Uniform(0.0, 1.0))
+    with pyro.plate("groups", 4, subsample=torch.tensor([2, 0])):
+        pyro.sample("local", dist.Exponential(0.5))
+        pyro.sample("p", dist.Beta(torch.tensor(4.0), 1.0))
+        pyro.sample("w", dist.Dirichlet(torch.tensor([1.0, 2.0, 3.0])))
+
+
+def numpyro_kinds():
+    """pyro_kinds in NumPyro."""
+    numpyro.sample("real", ndist.Normal(1.0, 2.0))
+    numpyro.sample("vector", ndist.Normal(jnp.zeros(3), 1.0).to_event(1))
+    numpyro.sample("positive", ndist.Gamma(3.0, 2.0))
+    numpyro.sample("shape", ndist.Gamma(3.0, 2.0))
+    numpyro.sample("unit", ndist.Beta(2.0, 3.0))
+    numpyro.sample("uniform", ndist.Uniform(0.0, 1.0))
+    with numpyro.plate("groups", 4, subsample_size=2):
+        numpyro.sample("local", ndist.Exponential(0.5))
+        numpyro.sample("p", ndist.Beta(4.0, 1.0))
+        numpyro.sample("w", ndist.Dirichlet(jnp.array([1.0, 2.0, 3.0])))
+
+
+@pytest.mark.usefixtures("quick_compiles")
+@pytest.mark.parametrize("init_scale", [0.1, 5.0])  # 5: the spread is capped on [0, 1] and the simplex
+def test_both_backends_start_from_the_same_parameters(init_scale):
+    options = {"families": {"shape": "gamma"}, "init_scale": init_scale}
+    MeanField(pyro_kinds, **options)()
+    store = pyro.get_param_store()
+    from_pyro = {name: store[name].detach().numpy() for name in store}
+    guide = numpyro_backend.MeanField(numpyro_kinds, **options)
+    no_draws = substitute(seed(guide, 0), substitute_fn=lambda site: 0.0 if site["type"] == "sample" else None)
+    numpyro_trace = trace(no_draws).get_trace()  # the draws are not compared (JAX's samplers compile slowly)
+    from_numpyro = {name: np.asarray(site["value"]) for name, site in numpyro_trace.items() if site["type"] == "param"}
+    assert sorted(from_pyro) == sorted(from_numpyro)
+    assert len(from_pyro) == 2 * 9 and from_pyro["MeanField.params.w.concentration"].shape == (4, 1)
+    for name, value in from_pyro.items():
+        np.testing.assert_allclose(from_numpyro[name], value, rtol=RTOL, atol=0, err_msg=name)
+
+
+def build(backend, fn, **options):
+    """A backend's MeanField on a one-site model (site "x" drawn from ``fn``, a distribution's name and
+    arguments), called once."""
+    name, args = fn
+    if backend == "pyro":
+        MeanField(lambda: pyro.sample("x", getattr(dist, name)(*args)), **options)()
+    else:
+        seed(numpyro_backend.MeanField(lambda: numpyro.sample("x", getattr(ndist, name)(*args)), **options), 0)()
+
+
+DISCRETE = (
+    "MeanField: site 'x' has discrete support Boolean(); MeanField guides continuous latents only. Sum the site "
+    "out by enumeration (config_enumerate with TraceEnum_ELBO{funsor}), or guide it separately: "
+    "MeanField({block}(model, hide=['x'])) and a guide for 'x' in an AutoGuideList."
+)
+UNCOVERED = (
+    "MeanField: site 'x' has support Interval(lower_bound=0.0, upper_bound=5.0), for which it has no family (it "
+    "covers real: normal; positive: lognormal, gamma; unit interval [0, 1]: beta; simplex: dirichlet). Rewrite "
+    "the model onto a covered support (e.g. an interval (a, b) as a + (b - a) times a Beta variable), or guide "
+    "the site separately: MeanField({block}(model, hide=['x'])) and AutoNormal({block}(model, expose=['x'])) in "
+    "an AutoGuideList."
+)
+MISFIT = (
+    "MeanField: families['x'] = 'gamma' is a family on the positive support, but site 'x' has support Real() "
+    "(real); families for it: ['normal']"
+)
+WORDS = {
+    "pyro": {"block": "poutine.block", "funsor": ""},
+    "numpyro": {"block": "numpyro.handlers.block", "funsor": ", which needs funsor"},
+}
+
+
+@pytest.mark.parametrize("backend", ["pyro", "numpyro"])
+def test_both_backends_refuse_a_site_with_the_same_family_choice_errors(backend):
+    words = WORDS[backend]
+    gamma = ("Gamma", (2.0, 1.0))
+    cases = [
+        (("Bernoulli", (0.3,)), {}, DISCRETE.format(**words)),
+        (("Uniform", (0.0, 5.0)), {}, UNCOVERED.format(**words)),
+        (("Normal", (0.0, 1.0)), {"families": {"x": "gamma"}}, MISFIT),
+    ]
+    for fn, options, message in cases:
+        with pytest.raises(ValueError) as error:
+            build(backend, fn, **options)
+        assert str(error.value) == message
+    # The options, checked at construction or against the model's latent sites.
+    for options, message in [
+        ({"families": {"x": "weibull"}}, "unknown family 'weibull' for site 'x'"),
+        ({"families": {"y": "normal"}}, r"families=\.\.\. names \['y'\], not latent sites of the model: \['x'\]"),
+        ({"estimators": {"y": "score"}}, r"estimators=\.\.\. names \['y'\]"),
+        ({"estimators": {"x": "reinforce"}}, "unknown estimator 'reinforce' at site 'x'"),
+        ({"init_scale": -1.0}, "init_scale must be positive, got -1.0"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            build(backend, gamma, **options)

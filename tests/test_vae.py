@@ -17,19 +17,18 @@ import pytest
 import torch
 from threadpoolctl import threadpool_limits
 
-from ppl_reparam import cli
+from ppl_reparam import cli, models, training
 from ppl_reparam.cli.vae import config_from_args
 from ppl_reparam.data import load_dataset
 from ppl_reparam.models.vae import make_vae
 from ppl_reparam.pyro.training import (
     CHECKPOINT,
     TrainingRun,
-    _build_runs,
+    VAEStudy,
     evaluate_elbo,
     load_checkpoint,
     make_run_elbo,
     measure_estimators,
-    train_vae,
 )
 from ppl_reparam.specs import parse_spec
 from ppl_reparam.stats import (
@@ -45,6 +44,13 @@ from ppl_reparam.stats import (
     variance_ratio_ci,
 )
 from ppl_reparam.study import VAEConfig
+
+STUDY = VAEStudy(models.pyro_vae)
+
+
+def train_vae(config, out, **options):
+    return training.train_vae(config, out, STUDY, **options)
+
 
 TINY = VAEConfig(
     estimators=("pathwise", "score"), compare=True, epochs=2, hidden=(16,), latent_dim=4,
@@ -114,7 +120,7 @@ def test_short_training_improves_the_test_elbo(digits):
 
 
 def test_runs_share_initial_weights_but_not_parameters(digits):
-    runs = _build_runs(TINY, 64)
+    runs = STUDY.build_runs(TINY, load_dataset("digits"))
     x = torch.from_numpy(digits.train[:100])
     for run in runs:
         with run.active():

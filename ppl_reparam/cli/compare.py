@@ -118,16 +118,9 @@ def _toy_target(theta: float) -> Target:
 def _vae_target(model: str, seed: int, batch_size: int, checkpoint: str | None, run_name: str | None) -> Target:
     import torch
 
+    from .. import models
     from ..data import load_dataset
-    from ..models.discrete_vae import relaxation
-    from ..pyro.training import (
-        TrainingRun,
-        _build_runs,
-        build_model,
-        load_checkpoint,
-        make_run_elbo,
-        temperature_of,
-    )
+    from ..pyro.training import TrainingRun, VAEStudy, load_checkpoint, make_run_elbo, relaxation, temperature_of
     from ..pyro.variance import isolated_rng
     from ..specs import parse_run_spec
     from ..study import DEFAULT_LATENT_DIM, VAEConfig, group_names
@@ -151,7 +144,7 @@ def _vae_target(model: str, seed: int, batch_size: int, checkpoint: str | None, 
             raise ValueError(f"--run {name!r}: the checkpoint's runs are {names}")
         data = load_dataset(config.data, seed=config.seed)
         index = names.index(name)
-        run = _build_runs(config, data.dim)[index]
+        run = VAEStudy(models.pyro_vae).build_runs(config, data)[index]
         run.load_state_dict(state["runs"][index])
         trained = {run.name: run.elbo}
         description = (f"{kind} VAE {data.dim}-{'-'.join(map(str, config.hidden))}-{config.latent_dim}, "
@@ -162,7 +155,7 @@ def _vae_target(model: str, seed: int, batch_size: int, checkpoint: str | None, 
         data = load_dataset("digits", seed=seed)
         latent_dim = DEFAULT_LATENT_DIM[kind]
         with isolated_rng(seed):
-            vae_model, guide = build_model(kind, data.dim, (128,), latent_dim)
+            vae_model, guide = models.pyro_vae(kind, data.dim, (128,), latent_dim)
         run = TrainingRun("initial", vae_model, guide, make_run_elbo("score"), lr=1e-3, seed=seed)
         description = f"{kind} VAE {data.dim}-128-{latent_dim} at its initial weights (seed {seed})"
     x = torch.from_numpy(data.train[: min(batch_size, len(data.train))])

@@ -1,7 +1,8 @@
 """``ppl-reparam families``: score-function against pathwise gradients, family by family.
 
-The command's arguments; the work is in :mod:`ppl_reparam.pyro.families`, imported when the command
-runs (so that ``ppl-reparam --help`` does not load torch).
+The command's arguments; the study is :mod:`ppl_reparam.families`, with each backend's part in
+:mod:`ppl_reparam.pyro.families` and :mod:`ppl_reparam.numpyro.families`, imported when the command
+runs (so that ``ppl-reparam --help`` loads neither torch nor JAX).
 """
 
 from __future__ import annotations
@@ -9,23 +10,39 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..families import DEFAULT_SAMPLES
+from ..families import DEFAULT_SAMPLES, Backend
+
+BACKENDS = ("pyro", "numpyro")
+
+
+def _backend(name: str) -> Backend:
+    """The study's backend called ``name`` (one of :data:`BACKENDS`), importing its framework."""
+    if name == "pyro":
+        from ..pyro.families import PYRO
+
+        return PYRO
+    from ..numpyro.families import NUMPYRO
+
+    return NUMPYRO
 
 
 def run(args: argparse.Namespace) -> None:
-    from ..pyro.families import family_table, summary_table
+    from ..families import family_table, summary_table
     from ..report import atomic_write_text, write_csv, write_json
 
-    rows = family_table(args.samples, args.seed)
-    header = (f"Gradient of E[f(x)] per family: {args.samples} per-sample gradients of each estimator, seed "
-              f"{args.seed}; mean ± standard error, per-sample variance with Bonett's 95% interval.")
+    names = BACKENDS if args.backend == "both" else (args.backend,)
+    rows = family_table([_backend(name) for name in names], args.samples, args.seed)
+    header = (f"Gradient of E[f(x)] per family, {' and '.join(names)}: {args.samples} per-sample gradients of "
+              f"each estimator, seed {args.seed}; mean ± standard error, per-sample variance with Bonett's 95% "
+              "interval.")
     table = summary_table(rows)
     print(header)
     print(table)
     out = Path(args.out)
     files = [
         write_csv(rows, out / "families.csv"),
-        write_json({"samples": args.samples, "seed": args.seed, "rows": rows}, out / "families.json"),
+        write_json({"samples": args.samples, "seed": args.seed, "backends": list(names), "rows": rows},
+                   out / "families.json"),
         atomic_write_text(out / "families.md", f"{header}\n\n{table}\n"),
     ]
     print("wrote " + ", ".join(str(f) for f in files))
@@ -40,5 +57,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help="per-sample gradients per estimator")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--backend", choices=[*BACKENDS, "both"], default="pyro",
+                        help="Pyro, NumPyro, or both side by side in the table (NumPyro lacks some families)")
     parser.add_argument("--out", default="results", help="folder for families.csv, families.json, families.md")
     parser.set_defaults(func=run)

@@ -227,12 +227,18 @@ def run(args: argparse.Namespace) -> None:
     config = config_from_args(args)
     out = Path(args.out)
     with threads(args.threads), sigterm_as_interrupt():
-        if args.backend == "numpyro":
-            from ..numpyro.training import train_vae_numpyro as train_vae
-        else:
-            from ..pyro.training import train_vae
+        from .. import models
+        from ..training import train_vae
 
-        result = train_vae(config, out, resume=args.resume, progress=False if args.quiet else None)
+        if args.backend == "numpyro":
+            from ..numpyro.training import VAEStudy
+
+            backend = VAEStudy(models.numpyro_vae)
+        else:
+            from ..pyro.training import VAEStudy
+
+            backend = VAEStudy(models.pyro_vae)
+        result = train_vae(config, out, backend, resume=args.resume, progress=False if args.quiet else None)
     what = "Bernoulli latent bits" if config.model == "discrete" else "Gaussian latents"
     sizes = "-".join(map(str, (result.images[0][1].shape[1], *config.hidden, config.latent_dim)))
     test = ("a Monte Carlo estimate of the discrete ELBO" if config.model == "discrete"
@@ -292,7 +298,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--threads", type=at_least(1), default=1,
                         help="CPU threads for torch and BLAS (small networks run fastest on one)")
     parser.add_argument("--backend", choices=("pyro", "numpyro"), default="pyro",
-                        help="numpyro: train with JAX/NumPyro (gaussian model; pathwise and score specs with :K "
-                        "and +akl; checkpoint.npz)")
+                        help="numpyro: train with JAX/NumPyro (every spec; checkpoint.npz)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)

@@ -45,7 +45,6 @@ first particle); ``loss`` never updates anything.
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -219,23 +218,11 @@ class EstimatorELBO(ELBO):
         baseline: str | float | Baseline | None = None,
         stl: bool = False,
     ):
-        if isinstance(num_particles, bool) or not isinstance(num_particles, numbers.Integral) or num_particles < 1:
-            raise ValueError(f"num_particles must be a positive integer, got {num_particles!r}")
         check_estimator(self.estimator)
-        self.analytic_kl = bool(analytic_kl)
-        self.sites = None if sites is None else tuple([sites] if isinstance(sites, str) else sites)
         self.baseline = make_baseline(baseline)
+        self.sites = sg.check_options(num_particles, sites, self.baseline, stl, analytic_kl, stacked=True)
+        self.analytic_kl = bool(analytic_kl)
         self.stl = bool(stl)
-        if self.baseline is not None and self.baseline.needs_particles and num_particles < 2:
-            raise ValueError(
-                f"baseline {self.baseline!r} (leave-one-out) compares particles: it needs "
-                f"num_particles >= 2, got num_particles={num_particles}"
-            )
-        if self.stl and self.analytic_kl:
-            raise ValueError(
-                "stl=True (sticking the landing) drops the score term of the Monte Carlo log q, and "
-                "analytic_kl=True has no such term; use one or the other"
-            )
         super().__init__(num_particles=int(num_particles), vectorize_particles=vectorize_particles)
 
     def __repr__(self) -> str:

@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from numpyro.infer.elbo import ELBO
 
-from ..specs import IWAE_ESTIMATOR, EstimatorSpec, parse_spec
+from ..specs import ElboClasses, EstimatorSpec, build_elbo
 from .elbo import PathwiseELBO, ScoreFunctionELBO
+from .iwae import IWAE
+
+CLASSES = ElboClasses(ScoreFunctionELBO, PathwiseELBO, IWAE)
 
 
-def make_elbo(spec: EstimatorSpec | str) -> ELBO:
-    """The ELBO for ``spec``, with vectorized particles."""
-    if isinstance(spec, str):
-        spec = parse_spec(spec)
-    if spec.is_iwae:
-        from .iwae import IWAE
-
-        return IWAE(spec.particles, IWAE_ESTIMATOR[spec.base])
-    options = {"baseline": spec.baseline} if spec.baseline is not None else {}
-    if spec.stl:
-        options["stl"] = True
-    cls = ScoreFunctionELBO if spec.base == "score" else PathwiseELBO
-    return cls(num_particles=spec.particles, analytic_kl=spec.analytic_kl, **options)
+def make_elbo(spec: EstimatorSpec | str, baseline: Any = None) -> ELBO:
+    """The ELBO for ``spec`` (:func:`ppl_reparam.specs.build_elbo`), particles mapped with ``jax.vmap``;
+    ``baseline`` replaces the spec's baseline."""
+    return build_elbo(spec, CLASSES, baseline=baseline)

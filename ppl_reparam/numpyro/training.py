@@ -1,21 +1,21 @@
-r"""Minibatch SVI training of the digits VAE in NumPyro, with checkpoints that resume bit for bit: the
-``ppl-reparam vae --backend numpyro`` counterpart of :mod:`ppl_reparam.pyro.training`.
+r"""Minibatch SVI training of amortized models in NumPyro, with checkpoints that resume bit for bit:
+the NumPyro backend of the ``ppl-reparam vae`` study (:func:`ppl_reparam.training.train_vae`).
 
 A :class:`TrainingRun` is one model/guide pair trained by :class:`numpyro.infer.SVI` with Adam (Kingma
-and Ba 2015) and :class:`~ppl_reparam.numpyro.PathwiseELBO` or
-:class:`~ppl_reparam.numpyro.ScoreFunctionELBO`, one ``jax.jit``-compiled ``svi.update`` per minibatch
-shape. Its state is NumPyro's ``SVIState`` (parameters, Adam's moments and step, the PRNG key of the
-ELBO's draws) and a NumPy ``Generator`` for shuffling and dynamic binarization, the same stream the
-Pyro backend draws from, so both backends see the same minibatches for a given seed. Models and guides
-take ``(x, num_data=N)`` and scale the plate by N/B, so each step's loss estimates the full-data -ELBO
-(Hoffman, Blei, Wang and Paisley, "Stochastic Variational Inference", JMLR 2013).
+and Ba 2015) and the ELBO of one estimator spec (:func:`make_run_elbo`: every spec of
+:mod:`ppl_reparam.specs`, baselines, ``+stl`` and the IWAE bounds included), one ``jax.jit``-compiled
+``svi.update`` per minibatch shape. Its state is NumPyro's ``SVIState`` (parameters, Adam's moments
+and step, the PRNG key of the ELBO's draws, and a stateful baseline's state as NumPyro mutable state:
+:meth:`~ppl_reparam.numpyro.baselines.Baseline.with_state`) and a NumPy ``Generator`` for shuffling and
+dynamic binarization, the same stream the Pyro backend draws from, so both backends see the same
+minibatches for a given seed. Models and guides take ``(x, num_data=N)`` and scale the plate by N/B.
 
-:func:`evaluate_elbo` estimates the ELBO per datum with many pathwise particles and a standard error
-over particles; :func:`measure_estimators` measures each estimator's gradient at a run's current
+:func:`evaluate_elbo` estimates the ELBO per datum with many particles and a standard error over
+particles; :func:`measure_estimators` measures each estimator's gradient at a run's current
 parameters (:func:`~ppl_reparam.numpyro.gradient_variance`), aggregated over the encoder's and the
-decoder's parameters (:mod:`ppl_reparam.stats`); :func:`train_vae_numpyro` is the ``vae`` study. Its
-rows (history, variance, comparison) and images have the Pyro study's columns, so
-:func:`ppl_reparam.cli.vae.write_results` writes the same CSV, JSON and figures.
+decoder's parameters (:mod:`ppl_reparam.stats`). :class:`VAEStudy` builds its runs with the model
+factory it is given (:func:`ppl_reparam.models.numpyro_vae`), so this module never imports the shipped
+models.
 
 The checkpoint ``checkpoint.npz`` is written atomically after every epoch
 (:func:`~ppl_reparam.report.atomic_write_bytes`) and loaded with ``allow_pickle=False``: per run the
@@ -30,92 +30,86 @@ import io
 import json
 import math
 import os
-import time
 from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache, partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import random
+from numpyro.handlers import substitute
 from numpyro.infer import SVI
 from numpyro.infer.elbo import ELBO
 from numpyro.optim import Adam
-from tqdm.auto import tqdm
 
-from ..data import binarize, load_dataset, minibatches
-from ..models.vae_numpyro import VAE, make_vae
+from ..data import Dataset, binarize, minibatches
 from ..report import atomic_write_bytes
-from ..specs import EstimatorSpec, parse_spec
-from ..study import VAEResult, comparison_rows, derived_seed, group_names, group_rows
-from .elbo import PathwiseELBO, ScoreFunctionELBO
+from ..specs import RelaxedSpec, RunSpec, parse_run_spec
+from ..study import VAEConfig, comparison_rows, derived_seed, group_names, group_rows
+from .baselines import LearnedBaseline
+from .elbo import PathwiseELBO
+from .specs import make_elbo
 from .variance import gradient_variance
 
 __all__ = [
     "CHECKPOINT",
     "TrainingRun",
-    "VAEResult",
+    "VAEStudy",
     "evaluate_elbo",
     "load_checkpoint",
-    "make_elbo",
+    "make_run_elbo",
     "measure_estimators",
     "save_checkpoint",
-    "train_vae_numpyro",
 ]
 
-ELBOS: dict[str, type[PathwiseELBO | ScoreFunctionELBO]] = {"pathwise": PathwiseELBO, "score": ScoreFunctionELBO}
 MAX_ELEMENTS = 2**23
 """Most elements (particles x rows x pixels) in one vectorized evaluation pass."""
 CHECKPOINT = "checkpoint.npz"
-FORMAT = 1
-"""Version of the checkpoint layout."""
-IMAGES = 10
-"""Test images shown, with their reconstructions and as many prior samples."""
+
+ModelFactory = Callable[[str, int, Sequence[int], int, "float | None"], Any]
+"""``(kind, input_dim, hidden, latent_dim, temperature) -> vae``: the study's VAE ``kind`` ("gaussian" or
+"discrete"), an object with ``model``, ``guide`` (callables of ``(x, num_data=None)``), ``encode(params,
+x)`` and ``decode(params, z)`` (:func:`ppl_reparam.models.numpyro_vae`)."""
 
 
-class VAESettings(Protocol):
-    """What :func:`train_vae_numpyro` reads from its settings: the attributes of
-    :class:`ppl_reparam.study.VAEConfig` (``estimators`` and ``measure_on`` as spec strings)."""
-
-    estimators: tuple[str, ...]
-    model: str
-    epochs: int
-    batch_size: int
-    latent_dim: int
-    hidden: tuple[int, ...]
-    lr: float
-    data: str
-    seed: int
-    dynamic_binarization: bool
-    variance_reps: int
-    variance_every: int
-    test_particles: int
-    measure_on: tuple[str, ...]
-
-    def key(self) -> dict[str, Any]: ...
+def batch_features(x: jax.Array, *args: Any, **kwargs: Any) -> jax.Array:
+    """A learned baseline's features for the VAEs: the minibatch ``x`` itself, one row per datum."""
+    return x
 
 
-def make_elbo(spec: str | EstimatorSpec) -> PathwiseELBO | ScoreFunctionELBO:
-    """The ELBO of an estimator spec (:mod:`ppl_reparam.specs`) that this backend has: ``pathwise`` or
-    ``score``, with ``:K`` particles (vectorized with ``jax.vmap``) and ``+akl`` (closed-form KL). Other
-    specs (baselines, ``stl``, IWAE) raise a ValueError naming the Pyro backend, which has them.
-
-    The same spec gives the same (stateless) object, so that what ``jax.jit`` compiled with it as a
-    static argument (:func:`~ppl_reparam.numpyro.gradient_variance`, the SVI update) is reused.
-    """
-    return _elbo(parse_spec(spec) if isinstance(spec, str) else spec)
+def make_run_elbo(spec: RunSpec | str) -> ELBO:
+    """The training ELBO of an estimator spec: :func:`ppl_reparam.numpyro.specs.make_elbo`, except that
+    ``learned`` baselines get a network of the batch ``x`` (:func:`batch_features`) and ``relaxed+t=T:K``
+    is the pathwise ELBO with K particles. The same spec gives the same object, so that what ``jax.jit``
+    compiled with it as a static argument (the SVI update, :func:`~ppl_reparam.numpyro.gradient_variance`)
+    is reused."""
+    return _run_elbo(parse_run_spec(spec) if isinstance(spec, str) else spec)
 
 
 @lru_cache(maxsize=64)
-def _elbo(spec: EstimatorSpec) -> PathwiseELBO | ScoreFunctionELBO:
-    if spec.base not in ELBOS or spec.stl or spec.baseline is not None:
-        raise ValueError(
-            f"estimator {spec}: the NumPyro backend trains pathwise and score (with :K particles and +akl); "
-            "baselines, +stl and the IWAE bounds are in the Pyro backend (--backend pyro)"
-        )
-    return ELBOS[spec.base](num_particles=spec.particles, analytic_kl=spec.analytic_kl)
+def _run_elbo(spec: RunSpec) -> ELBO:
+    if isinstance(spec, RelaxedSpec):
+        return make_elbo(f"pathwise:{spec.particles}")
+    if spec.baseline == "learned":
+        return make_elbo(spec, baseline=LearnedBaseline(batch_features))
+    return make_elbo(spec)
+
+
+def temperature_of(spec: RunSpec | str) -> float | None:
+    """The relaxation temperature a spec trains at; None for the discrete (or Gaussian) model."""
+    spec = parse_run_spec(spec) if isinstance(spec, str) else spec
+    return spec.temperature if isinstance(spec, RelaxedSpec) else None
+
+
+@lru_cache(maxsize=64)
+def with_baseline_state(elbo: ELBO, guide: Callable) -> Callable:
+    """``guide`` declaring the state of ``elbo``'s stateful baseline, if it has one (a NumPyro mutable
+    site that SVI threads through ``svi_state.mutable_state``); the same object for the same pair, so
+    that compiled updates are shared."""
+    baseline = getattr(elbo, "baseline", None)
+    return guide if baseline is None else baseline.with_state(guide)
 
 
 @lru_cache(maxsize=64)
@@ -178,8 +172,9 @@ class TrainingRun:
     """One model and guide trained with one ELBO; see the module docstring.
 
     :param name: a label (the estimator spec), used in rows and checkpoints.
-    :param model, guide: NumPyro callables taking ``(x, num_data=...)``.
-    :param elbo: the training ELBO, e.g. :func:`make_elbo`.
+    :param model, guide: NumPyro callables taking ``(x, num_data=...)``; the guide declares the state of
+        the ELBO's baseline if that has one (:func:`with_baseline_state`).
+    :param elbo: the training ELBO, e.g. :func:`make_run_elbo`.
     :param lr: Adam's learning rate.
     :param seed: the key of ``SVI.init`` (initial weights: runs with the same seed start from the same
         weights) and of the run's NumPy stream.
@@ -202,9 +197,9 @@ class TrainingRun:
             raise ValueError(f"the learning rate must be positive, got {lr}")
         self.name = name
         self.model = model
-        self.guide = guide
+        self.guide = with_baseline_state(elbo, guide)
         self.elbo = elbo
-        self.svi, self._update = _svi(model, guide, elbo, float(lr))
+        self.svi, self._update = _svi(model, self.guide, elbo, float(lr))
         self.state = self.svi.init(random.PRNGKey(seed), x_init, num_data=num_data)
         self.data_rng = np.random.default_rng(seed)
         self.epoch = 0
@@ -214,6 +209,13 @@ class TrainingRun:
     def params(self) -> dict[str, jax.Array]:
         """Current (constrained) parameter values."""
         return self.svi.get_params(self.state)
+
+    @property
+    def trained_guide(self) -> Callable:
+        """The guide with the baseline's state as trained so far (what a measurement of this run's ELBO
+        uses)."""
+        mutable = self.state.mutable_state
+        return self.guide if not mutable else substitute(self.guide, data=mutable)
 
     def train_epoch(self, train: np.ndarray, batch_size: int, dynamic: bool = False) -> float:
         """One pass over ``train`` (rows: data) in shuffled minibatches; with ``dynamic`` each pixel of
@@ -288,34 +290,27 @@ def measure_estimators(
     num_reps: int,
     seed: int,
     confidence: float = 0.95,
+    guides: Mapping[str, Callable] | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Gradient variance of every named ELBO in ``elbos`` (name: its spec) at ``params``.
 
     Each gets :func:`~ppl_reparam.numpyro.gradient_variance` with ``num_reps`` repetitions on the fixed
-    batch ``x`` (so the spread is the estimator's alone, not minibatch noise), under its own seed; pass
-    the same ELBO objects every time to reuse the compiled function. Returns ``(rows, comparisons)``
-    with the columns of :func:`ppl_reparam.pyro.training.measure_estimators`: a row per estimator and
-    group (:class:`~ppl_reparam.stats.GroupStats`; ``per_sample_*`` = total variance x particles), and a
-    row per other estimator and group against the reference (``pathwise`` if measured, else ``score``,
-    else none): the ratio of per-sample total variances (:func:`~ppl_reparam.stats.variance_ratio` x the
-    particles' ratio) and the agreement of the means (:class:`~ppl_reparam.stats.MeanAgreement`; every
-    ELBO here estimates the same gradient, so ``same_objective`` is True).
+    batch ``x`` (so the spread is the estimator's alone, not minibatch noise), under its own seed, with
+    ``guides[name]`` where given (a guide carrying a trained baseline's state, :attr:`TrainingRun.
+    trained_guide`), else ``guide`` with the baseline's initial state; pass the same ELBO objects every
+    time to reuse the compiled function. Returns ``(rows, comparisons)`` with the columns of
+    :func:`ppl_reparam.pyro.training.measure_estimators` (:func:`~ppl_reparam.study.group_rows`,
+    :func:`~ppl_reparam.study.comparison_rows`).
     """
     stats = {}
     for j, (name, elbo) in enumerate(elbos.items()):
+        measured_guide = (guides or {}).get(name) or with_baseline_state(elbo, guide)
         stats[name] = gradient_variance(
-            elbo,
-            model,
-            guide,
-            x,
-            params=params,
-            num_reps=num_reps,
-            seed=derived_seed(seed, j),
-            confidence=confidence,
-            num_data=num_data,
+            elbo, model, measured_guide, x, params=params, num_reps=num_reps, seed=derived_seed(seed, j),
+            confidence=confidence, num_data=num_data,
         )
     groups = group_names(next(iter(stats.values())))
-    specs = {name: parse_spec(name) for name in stats}
+    specs = {name: parse_run_spec(name) for name in stats}
     rows = [
         {"measured": name, **row}
         for name, measured in stats.items()
@@ -324,155 +319,81 @@ def measure_estimators(
     return rows, comparison_rows(stats, specs, groups, confidence, seed)
 
 
-def _check_resume(path: Path, config: VAESettings) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """The checkpoint at ``path``; a ValueError if there is none, or it is not this backend's, or it was
-    made with other settings than ``config`` (``epochs`` aside)."""
-    if not path.is_file():
-        raise ValueError(f"--resume: no checkpoint {path}; run without --resume to start")
-    meta, arrays = load_checkpoint(path)
-    if meta.get("format") != FORMAT or meta.get("backend") != "numpyro":
-        raise ValueError(f"--resume: {path} is not a checkpoint of this version of the NumPyro backend")
-    saved = {k: v for k, v in meta["config"].items() if k != "epochs"}
-    wanted = {k: v for k, v in json.loads(json.dumps(config.key())).items() if k != "epochs"}  # tuples as lists
-    if saved != wanted:
-        diff = {k: (saved.get(k), v) for k, v in wanted.items() if saved.get(k) != v}
-        raise ValueError(f"--resume: {path} was made with other settings (checkpoint, now): {diff}")
-    return meta, arrays
+class VAEStudy:
+    """The NumPyro backend of the ``ppl-reparam vae`` study (:class:`ppl_reparam.training.StudyBackend`).
 
-
-def _check_config(config: VAESettings) -> dict[str, ELBO]:
-    """One ELBO per estimator of ``config``; a ValueError for what this backend does not train."""
-    if config.model != "gaussian":
-        raise ValueError(f"--model {config.model}: the NumPyro backend trains the gaussian VAE (--backend pyro)")
-    return {name: make_elbo(name) for name in config.estimators}
-
-
-def _images(vae: VAE, runs: Sequence[TrainingRun], x: np.ndarray, seed: int) -> list[tuple[str, np.ndarray]]:
-    """Rows for the image grid: test images, each run's reconstructions (Bernoulli means at the
-    posterior mean), each run's prior samples (Bernoulli means at z ~ N(0, I))."""
-    z = random.normal(random.PRNGKey(seed), (len(x), vae.latent_dim))
-    rows = [("test images", np.asarray(x))]
-    for run in runs:
-        loc, _ = vae.encode(run.params, x)
-        rows.append((f"reconstructed ({run.name})", np.asarray(jax.nn.sigmoid(vae.decode(run.params, loc)))))
-    for run in runs:
-        rows.append((f"prior samples ({run.name})", np.asarray(jax.nn.sigmoid(vae.decode(run.params, z)))))
-    return rows
-
-
-def train_vae_numpyro(
-    config: VAESettings, out: str | os.PathLike[str], resume: bool = False, progress: bool | None = None
-) -> VAEResult:
-    """Train the digits VAE (:mod:`ppl_reparam.models.vae_numpyro`) once per estimator in ``config``,
-    as :func:`ppl_reparam.pyro.training.train_vae` does in Pyro.
-
-    Every run starts from the same weights (``SVI.init`` under ``config.seed``) and shuffles with the
-    same stream as the Pyro study. Epoch 0 is the untrained model. After every epoch each run's test
-    ELBO is estimated (:func:`evaluate_elbo`, ``config.test_particles`` pathwise particles, the same key
-    for every run); at epoch 0, every ``config.variance_every`` epochs and the last, every estimator's
-    gradient variance is measured at the current parameters of every run (or those of
-    ``config.measure_on``) on the first ``batch_size`` training images (:func:`measure_estimators`,
-    skipped when ``config.variance_reps`` is 0). ``out/checkpoint.npz`` is written atomically after
-    each epoch; ``resume=True`` continues from it, with the same results as an uninterrupted run (a
-    ValueError if it is missing or was made with other settings than ``config``, ``epochs`` aside).
-    History rows hold ``epoch``, ``estimator``, ``train_elbo``, ``test_elbo``, ``test_elbo_se`` and
-    ``seconds`` (the epoch's training and test ELBO; in the first epoch a process trains, it includes
-    compiling the step, a few seconds). Unsupported settings (another model, or specs beyond pathwise
-    and score with ``:K`` and ``+akl``) raise a ValueError before any training.
+    :param make_model: builds the study's VAE (:data:`ModelFactory`).
     """
-    elbos = _check_config(config)
-    path = Path(out) / CHECKPOINT
-    data = load_dataset(config.data, seed=config.seed)
-    train = data.train_probs if config.dynamic_binarization else data.train
-    num_data = len(train)
-    x_fixed = data.train[: min(config.batch_size, num_data)]
-    vae = make_vae(data.dim, config.hidden, config.latent_dim)
-    runs = [
-        TrainingRun(name, vae.model, vae.guide, elbo, config.lr, config.seed, x_fixed, num_data)
-        for name, elbo in elbos.items()
-    ]
-    measured = [(i, r) for i, r in enumerate(runs) if not config.measure_on or r.name in config.measure_on]
-    variance: list[dict[str, Any]] = []
-    comparison: list[dict[str, Any]] = []
 
-    def evaluate(run: TrainingRun, epoch: int, train_elbo: float, seconds: float) -> None:
-        test, se = evaluate_elbo(
-            vae.model, vae.guide, run.params, data.test, config.test_particles, derived_seed(config.seed, epoch)
-        )
-        run.history.append(
-            {
-                "epoch": epoch,
-                "estimator": run.name,
-                "train_elbo": train_elbo,
-                "test_elbo": test,
-                "test_elbo_se": se,
-                "seconds": seconds,
-            }
-        )
+    name = "numpyro"
+    checkpoint = CHECKPOINT
 
-    def measure(epoch: int) -> None:
-        for i, run in measured:
-            rows, comparisons = measure_estimators(
-                vae.model,
-                vae.guide,
-                run.params,
-                elbos,
-                x_fixed,
-                num_data,
-                num_reps=config.variance_reps,
-                seed=derived_seed(config.seed, epoch, i),
+    def __init__(self, make_model: ModelFactory):
+        self.make_model = make_model
+        self.vaes: dict[str, Any] = {}
+        """Each run's VAE (its networks' ``encode`` and ``decode``), by run name."""
+
+    def build_runs(self, config: VAEConfig, data: Dataset) -> list[TrainingRun]:
+        """One run per estimator spec, every one from the same initial weights (``SVI.init`` under
+        ``config.seed``; the model's parameters do not depend on the ELBO)."""
+        x = data.train[: min(config.batch_size, len(data.train))]
+        runs = []
+        for spec in config.specs:
+            vae = self.vaes[str(spec)] = self.make_model(
+                config.model, data.dim, config.hidden, config.latent_dim, temperature_of(spec)
             )
-            variance.extend({"epoch": epoch, "trained_with": run.name, **r} for r in rows)
-            comparison.extend({"epoch": epoch, "trained_with": run.name, **c} for c in comparisons)
+            elbo = make_run_elbo(spec)
+            runs.append(TrainingRun(str(spec), vae.model, vae.guide, elbo, config.lr, config.seed, x, len(data.train)))
+        return runs
 
-    def save(epoch: int) -> None:
-        meta: dict[str, Any] = {
-            "format": FORMAT,
-            "backend": "numpyro",
-            "config": config.key(),
-            "epoch": epoch,
-            "variance": variance,
-            "comparison": comparison,
-            "runs": [],
-        }
-        arrays = {}
+    def check(self, runs: Sequence[TrainingRun], config: VAEConfig, x: np.ndarray, num_data: int) -> None:
+        """One loss of each spec on two rows: a spec that cannot apply raises the ELBO's own message."""
+        for run in runs:
+            run.elbo.loss(random.PRNGKey(0), run.params, run.model, run.trained_guide, x[:2], num_data=num_data)
+
+    def test_elbo(self, run: TrainingRun, x_test: np.ndarray, config: VAEConfig, seed: int) -> dict[str, float]:
+        """The test ELBO (pathwise particles, the same key for every run)."""
+        test, se = evaluate_elbo(run.model, run.guide, run.params, x_test, config.test_particles, seed)
+        return {"test_elbo": test, "test_elbo_se": se}
+
+    def measure(
+        self, run: TrainingRun, runs: Sequence[TrainingRun], config: VAEConfig, x: np.ndarray, num_data: int,
+        seed: int,
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """:func:`measure_estimators` of every spec at ``run``'s parameters, a spec with a stateful
+        baseline with the baseline of the run trained with it."""
+        return measure_estimators(
+            run.model, self.vaes[run.name].guide, run.params, {r.name: r.elbo for r in runs}, x, num_data,
+            num_reps=config.variance_reps, seed=seed, guides={r.name: r.trained_guide for r in runs},
+        )
+
+    def save(self, path: Path, meta: dict[str, Any], runs: Sequence[TrainingRun]) -> None:
+        meta, arrays = dict(meta, runs=[]), {}
         for i, run in enumerate(runs):
             run_meta, run_arrays = run.state_dict()
             meta["runs"].append(run_meta)
             arrays |= {f"runs/{i}/{k}": v for k, v in run_arrays.items()}
         save_checkpoint(meta, arrays, path)
 
-    if resume:
-        meta, arrays = _check_resume(path, config)
+    def load(self, path: Path, runs: Sequence[TrainingRun]) -> dict[str, Any]:
+        meta, arrays = load_checkpoint(path)
+        if meta.get("backend") != self.name:
+            return meta  # train_vae names the backend it holds
         for i, (run, run_meta) in enumerate(zip(runs, meta["runs"])):
             prefix = f"runs/{i}/"
-            run.load_state_dict(run_meta, {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)})
-        variance, comparison = meta["variance"], meta["comparison"]
-    else:
+            run.load_state_dict(run_meta, {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)})
+        return meta
+
+    def images(self, runs: Sequence[TrainingRun], x: np.ndarray, config: VAEConfig) -> list[tuple[str, np.ndarray]]:
+        """Rows for the image grid: test images, each run's reconstructions (Bernoulli means at the
+        posterior mean), each run's prior samples (Bernoulli means at z ~ N(0, I), the same for every run)."""
+        z = random.normal(random.PRNGKey(config.seed), (len(x), config.latent_dim))
+        rows = [("test images", np.asarray(x))]
         for run in runs:
-            evaluate(run, 0, float("nan"), 0.0)
-        if config.variance_reps:
-            measure(0)
-    start = runs[0].epoch
-    if start > config.epochs:
-        raise ValueError(f"--resume: {path} is at epoch {start}, past --epochs {config.epochs}")
-    if not resume:
-        save(0)
-    bar = tqdm(
-        range(start + 1, config.epochs + 1),
-        desc="vae (numpyro)",
-        unit="epoch",
-        disable=None if progress is None else not progress,
-    )
-    for epoch in bar:
+            vae = self.vaes[run.name]
+            loc, _ = vae.encode(run.params, x)
+            rows.append((f"reconstructed ({run.name})", np.asarray(jax.nn.sigmoid(vae.decode(run.params, loc)))))
         for run in runs:
-            began = time.perf_counter()
-            train_elbo = run.train_epoch(train, config.batch_size, config.dynamic_binarization)
-            evaluate(run, epoch, train_elbo, time.perf_counter() - began)
-        if config.variance_reps and (epoch % config.variance_every == 0 or epoch == config.epochs):
-            measure(epoch)
-        save(epoch)
-        bar.set_postfix({f"test ELBO {r.name}": f"{r.history[-1]['test_elbo']:.2f}" for r in runs})
-    history = [h for epoch in range(config.epochs + 1) for r in runs for h in r.history if h["epoch"] == epoch]
-    images = _images(vae, runs, data.test[:IMAGES], config.seed)
-    return VAEResult(history, variance, comparison, images, runs, num_data, len(data.test))
+            decoded = self.vaes[run.name].decode(run.params, z)
+            rows.append((f"prior samples ({run.name})", np.asarray(jax.nn.sigmoid(decoded))))
+        return rows

@@ -159,26 +159,11 @@ class EstimatorELBO(ELBO):
         stl: bool = False,
         **kwargs: Any,
     ):
-        if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
-            raise ValueError(f"num_particles must be a positive integer, got {num_particles!r}")
         check_estimator(self.estimator)
-        self.analytic_kl = bool(analytic_kl)
-        self.sites = None if sites is None else tuple([sites] if isinstance(sites, str) else sites)
         self.baseline = make_baseline(baseline)
+        self.sites = sg.check_options(num_particles, sites, self.baseline, stl, analytic_kl, bool(vectorize_particles))
+        self.analytic_kl = bool(analytic_kl)
         self.stl = bool(stl)
-        if self.baseline is not None and self.baseline.needs_particles and (
-            num_particles < 2 or not vectorize_particles
-        ):
-            raise ValueError(
-                f"baseline {self.baseline!r} (leave-one-out) compares particles: it needs "
-                f"num_particles >= 2 and vectorize_particles=True, got num_particles={num_particles}, "
-                f"vectorize_particles={vectorize_particles}"
-            )
-        if self.stl and self.analytic_kl:
-            raise ValueError(
-                "stl=True (sticking the landing) drops the score term of the Monte Carlo log q, and "
-                "analytic_kl=True has no such term; use one or the other"
-            )
         self._options = dict(
             max_plate_nesting=max_plate_nesting,
             vectorize_particles=vectorize_particles,

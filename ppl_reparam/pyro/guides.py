@@ -17,7 +17,8 @@ Minibatches follow :func:`data_plate`: with ``num_data`` = N training rows and a
 every log-density in the plate is scaled by N/B, so the loss estimates the full-data -ELBO.
 
 :class:`MeanField` is a mean-field guide for any model: one factor per latent site in a family with the
-site's own support (Normal; LogNormal or Gamma; Beta; Dirichlet), the estimator chosen per site.
+site's own support (Normal; LogNormal or Gamma; Beta; Dirichlet), the estimator chosen per site. Its
+rules (families, initialisation, errors) are :mod:`ppl_reparam.meanfield`'s; here are Pyro's pieces.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
-from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any
 
@@ -41,7 +41,7 @@ from pyro.nn.module import to_pyro_module_
 from pyro.ops.tensor_utils import periodic_repeat
 from torch import nn
 
-from ..forcing import check_estimator
+from ..meanfield import ArrayOps, Family, MeanFieldRules
 from .handlers import apply_estimator
 
 __all__ = ["AmortizedNormal", "MeanField", "data_plate"]
@@ -117,77 +117,7 @@ class AmortizedNormal(PyroModule):
 
 
 # ------------------------------------------------------------------------------------------------
-# MeanField: a mean-field guide over native families, for any model
-
-
-def _match_normal(mean: torch.Tensor, sd: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    return mean, sd
-
-
-def _match_lognormal(mean: torch.Tensor, sd: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    log_var = torch.log1p((sd / mean) ** 2)
-    return mean.log() - log_var / 2, log_var.sqrt()
-
-
-def _match_gamma(mean: torch.Tensor, sd: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    return mean, (mean / sd) ** 2
-
-
-def _match_beta(mean: torch.Tensor, sd: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    return mean, mean * (1 - mean) / sd**2 - 1
-
-
-def _match_dirichlet(mean: torch.Tensor, sd: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    return mean, (mean * (1 - mean) / sd**2).mean(-1, keepdim=True) - 1
-
-
-def _gamma(mean: torch.Tensor, concentration: torch.Tensor) -> dist.Gamma:
-    return dist.Gamma(concentration, concentration / mean)
-
-
-def _beta(mean: torch.Tensor, concentration: torch.Tensor) -> dist.Beta:
-    return dist.Beta(mean * concentration, (1 - mean) * concentration)
-
-
-def _dirichlet(mean: torch.Tensor, concentration: torch.Tensor) -> dist.Dirichlet:
-    return dist.Dirichlet(mean * concentration)
-
-
-@dataclass(frozen=True)
-class Family:
-    """A variational family of :class:`MeanField`: the support it covers, its distribution as a
-    function of its parameters (name, constraint), and ``match(mean, sd)``, the parameters with that
-    mean and standard deviation. ``event_dim`` is the event dims of one draw (1 for the Dirichlet)."""
-
-    name: str
-    support: str
-    dist: Callable[..., TorchDistribution]
-    params: tuple[tuple[str, constraints.Constraint], ...]
-    match: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]]
-    event_dim: int = 0
-
-
-_POSITIVE = constraints.positive
-_LOC_SCALE = (("loc", constraints.real), ("scale", _POSITIVE))
-
-
-def _mean_concentration(mean: constraints.Constraint) -> tuple[tuple[str, constraints.Constraint], ...]:
-    return ("mean", mean), ("concentration", _POSITIVE)
-
-
-FAMILIES = {
-    family.name: family
-    for family in (
-        Family("normal", "real", dist.Normal, _LOC_SCALE, _match_normal),
-        Family("lognormal", "positive", dist.LogNormal, _LOC_SCALE, _match_lognormal),
-        Family("gamma", "positive", _gamma, _mean_concentration(_POSITIVE), _match_gamma),
-        Family("beta", "unit_interval", _beta, _mean_concentration(constraints.unit_interval), _match_beta),
-        Family("dirichlet", "simplex", _dirichlet, _mean_concentration(constraints.simplex), _match_dirichlet, 1),
-    )
-}
-"""The families :class:`MeanField` knows, by name."""
-DEFAULT_FAMILIES = {"real": "normal", "positive": "lognormal", "unit_interval": "beta", "simplex": "dirichlet"}
-"""The family :class:`MeanField` picks for each kind of support when ``families`` names none."""
+# MeanField: a mean-field guide over native families, for any model (rules in ppl_reparam.meanfield)
 
 
 def _is_constant(value: float | torch.Tensor, target: float) -> bool:
@@ -221,10 +151,21 @@ def init_to_prior_mean(site: dict) -> torch.Tensor:
     return mean if bool(torch.isfinite(mean).all()) else init_to_median(site)
 
 
+class _TorchRules(MeanFieldRules):
+    """The rules of :mod:`ppl_reparam.meanfield` on torch arrays and Pyro constraints."""
+
+    ops = ArrayOps(torch.log, torch.log1p, torch.sqrt, torch.where, torch.minimum, lambda x: x.mean(-1, keepdim=True))
+    support_kind = staticmethod(support_kind)
+    block = "poutine.block"
+    enumeration = "config_enumerate with TraceEnum_ELBO"
+
+
 class MeanField(AutoGuide):
     r"""Mean-field guide over native families, for any Pyro model:
-    :math:`q_\phi(z) = \prod_s q_{\phi_s}(z_s)`, one independent factor per latent site ``s``
-    (element-wise within the site, except the Dirichlet, one per simplex).
+    :math:`q_\phi(z) = \prod_s q_{\phi_s}(z_s)`, one independent factor per latent site ``s`` in a
+    family on the site's own support (Normal; LogNormal or Gamma; Beta; Dirichlet). Families, their
+    parameters, the errors for other supports and the initialisation (prior moments, matched) are
+    in :mod:`ppl_reparam.meanfield`.
 
     Unlike Pyro's ``AutoNormal``, which samples a Normal on an unconstrained auxiliary site and
     transforms it, each site is drawn from a family with the site's own support, so the estimators
@@ -233,49 +174,18 @@ class MeanField(AutoGuide):
     guide-only sites, so Pyro's own ``Trace_ELBO`` also gives an unbiased score-function gradient at
     a site that ``estimators`` sets to the score function.
 
-    Families, by the support of the model's site (``families={"site": name}`` overrides, among
-    those for the same support), with their parameters:
-
-    - real: ``"normal"``, Normal(loc, scale);
-    - positive (> 0 or >= 0): ``"lognormal"``, LogNormal(loc, scale), or ``"gamma"``, mean :math:`m`
-      and concentration (shape) :math:`\alpha`: Gamma(:math:`\alpha`, rate :math:`\alpha/m`);
-    - unit interval [0, 1]: ``"beta"``, mean :math:`m` and concentration :math:`\nu`:
-      Beta(:math:`m\nu`, :math:`(1-m)\nu`);
-    - simplex: ``"dirichlet"``, mean :math:`m` (on the simplex) and concentration :math:`\nu`:
-      Dirichlet(:math:`m\nu`).
-
-    Any other support (discrete, an interval other than [0, 1], correlation matrices, ...) raises a
-    ValueError naming the site and its support.
-
-    The mean-and-concentration parameters separate location from spread: the Gamma's mean and shape
-    are orthogonal parameters (diagonal Fisher information), and so are the Beta's mean and
-    concentration at :math:`m = 1/2`. With (concentration, rate) Adam crawls along a curved valley
-    (both must shrink together to widen q) and did not reach the Gamma-Poisson posterior's spread in
-    the 400 steps of ``tests/test_conjugate.py``. Scales and concentrations are constrained positive
-    through ``exp``, so that optimizer steps on them are relative.
-
-    Initialisation: each site starts at mean :math:`m` = the value of ``init_loc_fn`` (default
-    :func:`init_to_prior_mean`: the prior mean) and standard deviation :math:`s` = ``init_scale``
-    times the prior's standard deviation (where that is infinite or undefined, ``init_scale`` times
-    1 on the real line, :math:`m` on the positive line, :math:`\sqrt{m(1-m)}` on [0, 1] and the
-    simplex), capped at :math:`\sqrt{m(1-m)/2}` on [0, 1] and the simplex. The parameters are then
-    matched to :math:`(m, s)`: Normal :math:`(m, s)`; LogNormal :math:`\sigma^2 = \log(1 + s^2/m^2)`,
-    :math:`\mu = \log m - \sigma^2/2`; Gamma :math:`\alpha = m^2/s^2`; Beta
-    :math:`\nu = m(1-m)/s^2 - 1`; Dirichlet :math:`\nu` the mean of that expression over the simplex
-    (exact for a Dirichlet prior, whose components share it).
-
     Plates and subsampling as in Pyro's AutoGuides: a site's parameters have the full size of its
-    plates, and inside a subsampled plate the guide uses the rows of the subsample's indices.
+    plates, and inside a subsampled plate the guide uses the rows of the subsample's indices. They
+    are ``PyroParam`` s named ``"MeanField.params.{site}.{param}"`` in Pyro's param store.
 
     :param model: the Pyro model; its latent sites are found by running it once, on the first call.
     :param families: ``{site: family name}`` for sites that should not use the default family.
-    :param estimators: ``{site: "score" | "pathwise"}``: the site is sampled with that estimator
-        (as :func:`~ppl_reparam.pyro.force_estimator` would) and asks for it with
-        ``infer={"estimator": ...}``, which :func:`~ppl_reparam.pyro.force_estimator`
+    :param estimators: ``{site: "score" | "pathwise"}``, the estimator of each named site (see
+        :class:`~ppl_reparam.meanfield.MeanFieldRules`), which :func:`~ppl_reparam.pyro.force_estimator`
         and the ELBOs of this package respect (unless they name the site in ``sites=[...]``).
-        Unnamed sites use the family's ``rsample``, i.e. whatever the ELBO chooses.
-    :param init_loc_fn: per-site initial mean, as for Pyro's AutoGuides.
-    :param init_scale: initial standard deviation as a fraction of the prior's (see above).
+    :param init_loc_fn: per-site initial mean, as for Pyro's AutoGuides (default: the prior mean,
+        :func:`init_to_prior_mean`).
+    :param init_scale: initial standard deviation as a fraction of the prior's.
     :param create_plates: as for Pyro's AutoGuides: a function of the model's arguments returning
         the plates (e.g. with ``subsample=...``) that the guide should use.
 
@@ -292,84 +202,37 @@ class MeanField(AutoGuide):
         init_scale: float = 0.1,
         create_plates: Callable | None = None,
     ):
-        self.families = dict(families or {})
-        self.estimators = dict(estimators or {})
-        for name, family in self.families.items():
-            if family not in FAMILIES:
-                raise ValueError(f"MeanField: unknown family {family!r} for site {name!r}; known: {sorted(FAMILIES)}")
-        for name, estimator in self.estimators.items():
-            check_estimator(estimator, f"site {name!r} (MeanField estimators=...)")
-        if not init_scale > 0:
-            raise ValueError(f"MeanField: init_scale must be positive, got {init_scale}")
-        self._init_scale = float(init_scale)
+        self.rules = _TorchRules(families or {}, estimators or {}, init_scale)
         self._family: dict[str, Family] = {}
         super().__init__(InitMessenger(init_loc_fn)(model), create_plates=create_plates)
 
-    def _choose_family(self, name: str, support: constraints.Constraint) -> Family:
-        """The site's family: named in ``families`` (checked against the support) or the default."""
-        kind = support_kind(support)
-        if kind is None and support.is_discrete:
-            raise ValueError(
-                f"MeanField: site {name!r} has discrete support {support}; MeanField guides continuous latents "
-                "only. Sum the site out by enumeration (config_enumerate with TraceEnum_ELBO), or guide it "
-                f"separately: MeanField(poutine.block(model, hide=[{name!r}])) and a guide for {name!r} in an "
-                "AutoGuideList."
-            )
-        if kind is None:
-            raise ValueError(
-                f"MeanField: site {name!r} has support {support}, for which it has no family (it covers real: "
-                "normal; positive: lognormal, gamma; unit interval [0, 1]: beta; simplex: dirichlet). Rewrite the "
-                "model onto a covered support (e.g. an interval (a, b) as a + (b - a) times a Beta variable), or "
-                f"guide the site separately: MeanField(poutine.block(model, hide=[{name!r}])) and "
-                f"AutoNormal(poutine.block(model, expose=[{name!r}])) in an AutoGuideList."
-            )
-        family = FAMILIES[self.families.get(name, DEFAULT_FAMILIES[kind])]
-        if family.support != kind:
-            fits = sorted(f.name for f in FAMILIES.values() if f.support == kind)
-            raise ValueError(
-                f"MeanField: families[{name!r}] = {family.name!r} is a family on the {family.support} "
-                f"support, but site {name!r} has support {support} ({kind}); families for it: {fits}"
-            )
-        return family
-
-    def _init_sd(self, fn: TorchDistribution, mean: torch.Tensor, kind: str) -> torch.Tensor:
-        """``init_scale`` times the prior's standard deviation, or a natural scale where that is not
-        finite; capped on [0, 1] and the simplex (see the class docstring)."""
-        try:
-            prior_sd = fn.variance.detach().sqrt().expand_as(mean)
-        except NotImplementedError:
-            prior_sd = torch.full_like(mean, math.nan)
-        natural = {"real": torch.ones_like(mean), "positive": mean}.get(kind, (mean * (1 - mean)).sqrt())
-        sd = self._init_scale * torch.where(torch.isfinite(prior_sd) & (prior_sd > 0), prior_sd, natural)
-        if kind in ("unit_interval", "simplex"):
-            sd = torch.minimum(sd, (mean * (1 - mean) / 2).sqrt())
-        return sd
-
     def _setup_prototype(self, *args: Any, **kwargs: Any) -> None:
         super()._setup_prototype(*args, **kwargs)
-        latent = [name for name, _ in self.prototype_trace.iter_stochastic_nodes()]
-        for option, names in (("families", self.families), ("estimators", self.estimators)):
-            unknown = sorted(set(names) - set(latent))
-            if unknown:
-                raise ValueError(f"MeanField {option}=... names {unknown}, not latent sites of the model: {latent}")
+        self.rules.check_latent([name for name, _ in self.prototype_trace.iter_stochastic_nodes()])
         self.params = PyroModule()
         for name, site in self.prototype_trace.iter_stochastic_nodes():
             fn = site["fn"]
-            family = self._family[name] = self._choose_family(name, fn.support)
+            family = self._family[name] = self.rules.choose_family(name, fn.support)
             mean = site["value"].detach()
-            values = family.match(mean, self._init_sd(fn, mean, family.support))
+            try:
+                prior_sd = fn.variance.detach().sqrt().expand_as(mean)
+            except NotImplementedError:
+                prior_sd = torch.full_like(mean, math.nan)
+            values = self.rules.initial(family, mean, prior_sd)
             for frame in site["cond_indep_stack"]:
                 full_size = frame.full_size or frame.size
                 if full_size != frame.size:
                     values = [periodic_repeat(v, full_size, frame.dim - fn.event_dim).contiguous() for v in values]
-            for (param, constraint), value in zip(family.params, values):
+            for (param, kind), value in zip(family.params, values):
+                constraint = getattr(constraints, kind)
                 deep_setattr(self.params, f"{name}.{param}", PyroParam(value.detach(), constraint, fn.event_dim))
 
     def _factor(self, name: str) -> TorchDistribution:
         """Site ``name``'s factor, with parameters subsampled by the plates entered around the call."""
         family = self._family[name]
         site_params = attrgetter(name)(self.params)
-        fn = family.dist(*(getattr(site_params, param) for param, _ in family.params))
+        arguments = family.arguments(*(getattr(site_params, param) for param, _ in family.params))
+        fn = getattr(dist, family.distribution)(*arguments)
         return fn.to_event(self.prototype_trace.nodes[name]["fn"].event_dim - family.event_dim)
 
     def distribution(self, name: str) -> TorchDistribution:
@@ -384,14 +247,15 @@ class MeanField(AutoGuide):
         if self.prototype_trace is None:
             self._setup_prototype(*args, **kwargs)
         plates = self._create_plates(*args, **kwargs)
+        estimators = self.rules.estimators
         result = {}
         for name, site in self.prototype_trace.iter_stochastic_nodes():
             with ExitStack() as stack:
                 for frame in site["cond_indep_stack"]:
                     stack.enter_context(plates[frame.name])
                 fn, infer = self._factor(name), {}
-                if name in self.estimators:
-                    fn = apply_estimator(name, fn, self.estimators[name])
-                    infer = {"estimator": self.estimators[name]}
+                if name in estimators:
+                    fn = apply_estimator(name, fn, estimators[name])
+                    infer = {"estimator": estimators[name]}
                 result[name] = pyro.sample(name, fn, infer=infer)
         return result

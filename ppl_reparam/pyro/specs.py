@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pyro.infer import ELBO
 
-from ..specs import IWAE_ESTIMATOR, EstimatorSpec, parse_spec
+from ..specs import ElboClasses, EstimatorSpec, build_elbo
 from .elbo import PathwiseELBO, ScoreFunctionELBO
 from .iwae import IWAE
 
+CLASSES = ElboClasses(ScoreFunctionELBO, PathwiseELBO, IWAE)
 
-def make_elbo(spec: EstimatorSpec | str, max_plate_nesting: float = float("inf")) -> ELBO:
-    """The ELBO for ``spec``, with vectorized particles (so that measurements batch repetitions)."""
-    if isinstance(spec, str):
-        spec = parse_spec(spec)
-    if spec.is_iwae:
-        return IWAE(spec.particles, IWAE_ESTIMATOR[spec.base], max_plate_nesting=max_plate_nesting)
-    cls = ScoreFunctionELBO if spec.base == "score" else PathwiseELBO
-    return cls(
-        num_particles=spec.particles,
-        vectorize_particles=True,
-        max_plate_nesting=max_plate_nesting,
-        analytic_kl=spec.analytic_kl,
-        baseline=spec.baseline,
-        stl=spec.stl,
+
+def make_elbo(spec: EstimatorSpec | str, max_plate_nesting: float = float("inf"), baseline: Any = None) -> ELBO:
+    """The ELBO for ``spec`` (:func:`ppl_reparam.specs.build_elbo`), with vectorized particles (so that
+    measurements batch repetitions); ``baseline`` replaces the spec's baseline."""
+    nesting = {"max_plate_nesting": max_plate_nesting}
+    return build_elbo(
+        spec, CLASSES, baseline=baseline, elbo_options={"vectorize_particles": True, **nesting}, iwae_options=nesting
     )

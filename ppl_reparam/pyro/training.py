@@ -1,4 +1,4 @@
-r"""Minibatch SVI training of amortized models, with checkpoints that resume bit for bit.
+r"""Minibatch SVI training of amortized models in Pyro, with checkpoints that resume bit for bit.
 
 A :class:`TrainingRun` is one model/guide pair trained by Pyro's ``SVI`` with Adam and one ELBO
 (an estimator spec's, :func:`make_run_elbo`). It owns its parameters (a Pyro param-store scope, so
@@ -8,16 +8,14 @@ streams (a torch RNG state for the ELBO's samples; a NumPy ``Generator`` for shu
 binarization). Its :meth:`~TrainingRun.state_dict` holds all of them, so a run restored from it
 continues exactly as the uninterrupted run would have. Models and guides take ``(x, num_data=N)``
 with a plate built by :func:`~ppl_reparam.pyro.guides.data_plate`, so each step's loss estimates
-the full-data -ELBO (Hoffman, Blei, Wang and Paisley, "Stochastic Variational Inference", JMLR 2013).
+the full-data -ELBO.
 
 :func:`evaluate_elbo` estimates the ELBO per datum with many particles, with a standard error over
-particles. :func:`save_checkpoint` writes atomically.
-
-:func:`measure_estimators` measures every estimator's gradient on one run's current parameters,
-aggregated over the encoder's and the decoder's parameters (:mod:`ppl_reparam.stats`), and
-:func:`train_vae` is the ``ppl-reparam vae`` study (Gaussian or discrete latents): one run per
-estimator spec from the same initial weights, test ELBOs every epoch, those measurements at fixed
-epochs, a checkpoint every epoch.
+particles. :func:`save_checkpoint` writes atomically. :func:`measure_estimators` measures every
+estimator's gradient on one run's current parameters, aggregated over the encoder's and the decoder's
+parameters (:mod:`ppl_reparam.stats`). :class:`VAEStudy` is the backend of the ``ppl-reparam vae``
+study (:func:`ppl_reparam.training.train_vae`): it builds its runs with the model factory it is given
+(:func:`ppl_reparam.models.pyro_vae`), so this module never imports the shipped models.
 """
 
 from __future__ import annotations
@@ -25,11 +23,10 @@ from __future__ import annotations
 import io
 import math
 import os
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pyro
@@ -37,30 +34,24 @@ import torch
 from pyro.distributions import constraints
 from pyro.infer import ELBO, SVI
 from pyro.optim import Adam
-from tqdm.auto import tqdm
 
-from ..data import binarize, load_dataset, minibatches
-from ..models.discrete_vae import AmortizedBernoulli, make_discrete_vae, relaxation
-from ..models.vae import make_vae
+from ..data import Dataset, binarize, minibatches
 from ..report import atomic_write_bytes
 from ..specs import EstimatorSpec, RelaxedSpec, RunSpec, parse_run_spec
-from ..study import VAEResult, comparison_rows, derived_seed, group_names, group_rows
+from ..study import VAEConfig, comparison_rows, derived_seed, group_names, group_rows
 from .baselines import LearnedBaseline
-from .elbo import ScoreFunctionELBO
 from .specs import make_elbo
 from .variance import gradient_variance, isolated_rng
 
-if TYPE_CHECKING:
-    from ..study import VAEConfig
+ModelFactory = Callable[[str, int, Sequence[int], int, "float | None"], tuple[Any, Any]]
+"""``(kind, input_dim, hidden, latent_dim, temperature) -> (model, guide)``: a fresh pair of the study's
+VAE ``kind`` ("gaussian" or "discrete"), weights from torch's RNG (:func:`ppl_reparam.models.pyro_vae`)."""
 
 MAX_ELEMENTS = 2**23
 """Most elements (particles x rows x pixels) in one vectorized evaluation pass."""
 CHECKPOINT = "checkpoint.pt"
-IMAGES = 10
-"""Test images shown, with their reconstructions and as many prior samples."""
 MAX_PLATE_NESTING = 1
 """The VAEs have one plate, over the data."""
-MODELS: dict[str, Callable[..., tuple[Any, Any]]] = {"gaussian": make_vae, "discrete": make_discrete_vae}
 
 
 def batch_features(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -78,13 +69,7 @@ def make_run_elbo(spec: RunSpec | str, features: Callable[..., torch.Tensor] | N
     if isinstance(spec, RelaxedSpec):
         return make_elbo(EstimatorSpec("pathwise", spec.particles), max_plate_nesting=MAX_PLATE_NESTING)
     if spec.baseline == "learned" and features is not None:
-        return ScoreFunctionELBO(
-            num_particles=spec.particles,
-            vectorize_particles=True,
-            max_plate_nesting=MAX_PLATE_NESTING,
-            analytic_kl=spec.analytic_kl,
-            baseline=LearnedBaseline(features),
-        )
+        return make_elbo(spec, MAX_PLATE_NESTING, baseline=LearnedBaseline(features))
     return make_elbo(spec, max_plate_nesting=MAX_PLATE_NESTING)
 
 
@@ -94,17 +79,23 @@ def temperature_of(spec: RunSpec | str) -> float | None:
     return spec.temperature if isinstance(spec, RelaxedSpec) else None
 
 
-def build_model(
-    kind: str, input_dim: int, hidden: Sequence[int], latent_dim: int, temperature: float | None = None
-) -> tuple[Any, Any]:
-    """A fresh ``(model, guide)`` of kind ``"gaussian"`` or ``"discrete"`` (weights from torch's RNG)."""
-    if kind not in MODELS:
-        raise ValueError(f"unknown model {kind!r}; choose from {', '.join(MODELS)}")
-    if kind == "discrete":
-        return make_discrete_vae(input_dim, hidden, latent_dim, temperature)
-    if temperature is not None:
-        raise ValueError("the Gaussian VAE has no discrete latent to relax")
-    return make_vae(input_dim, hidden, latent_dim)
+@contextmanager
+def relaxation(model: Any, guide: Any, temperature: float | None) -> Iterator[None]:
+    """Run the block with ``model`` and ``guide`` at ``temperature`` (None: discrete), then restore
+    theirs. A model without a ``temperature`` attribute (the Gaussian VAE) takes only None."""
+    if not hasattr(model, "temperature"):
+        if temperature is not None:
+            raise ValueError(f"{type(model).__name__} has no discrete latent to relax (temperature {temperature})")
+        yield
+        return
+    if temperature is not None and not temperature > 0:
+        raise ValueError(f"the relaxation temperature must be positive, got {temperature}")
+    saved = model.temperature, guide.temperature
+    model.temperature = guide.temperature = None if temperature is None else float(temperature)
+    try:
+        yield
+    finally:
+        model.temperature, guide.temperature = saved
 
 
 def evaluate_elbo(
@@ -316,167 +307,93 @@ def measure_estimators(
     return rows, comparison_rows(stats, specs, groups, confidence, seed)
 
 
-def _build_runs(config: VAEConfig, input_dim: int) -> list[TrainingRun]:
-    """One run per estimator spec, every one from the same initial weights (built under ``config.seed``)."""
-    runs = []
-    for spec in config.specs:
-        with isolated_rng(config.seed):
-            model, guide = build_model(config.model, input_dim, config.hidden, config.latent_dim, temperature_of(spec))
-        runs.append(TrainingRun(str(spec), model, guide, make_run_elbo(spec), config.lr, config.seed))
-    return runs
+class VAEStudy:
+    """The Pyro backend of the ``ppl-reparam vae`` study (:class:`ppl_reparam.training.StudyBackend`).
 
-
-def _check_specs(runs: list[TrainingRun], config: VAEConfig, x: torch.Tensor, num_data: int) -> None:
-    """Fail early, with the ELBO's own message (e.g. a pathwise spec on the discrete model names the
-    site), if a spec cannot apply: one loss of each spec (trained and measured alike) on two rows, with
-    fresh ELBOs and the RNG state left as it was."""
-    run = runs[0]
-    for spec in config.specs:
-        with run.active(), isolated_rng(0), relaxation(run.model, run.guide, temperature_of(spec)):
-            make_run_elbo(spec).loss(run.model, run.guide, x[:2], num_data=num_data)
-
-
-def _measure(
-    runs: list[TrainingRun], config: VAEConfig, x: torch.Tensor, num_data: int, epoch: int,
-    variance: list[dict[str, Any]], comparison: list[dict[str, Any]],
-) -> None:
-    """Append :func:`measure_estimators`' rows at ``epoch`` for every run (or those in
-    ``config.measure_on``) to ``variance`` and ``comparison``; a spec is measured with the ELBO of
-    the run trained with it (its baseline as trained so far)."""
-    elbos = {run.name: run.elbo for run in runs}
-    for i, run in enumerate(runs):
-        if config.measure_on and run.name not in config.measure_on:
-            continue
-        rows, comparisons = measure_estimators(
-            run, config.specs, x, num_data, num_reps=config.variance_reps, seed=derived_seed(config.seed, epoch, i),
-            elbos=elbos,
-        )
-        variance += [{"epoch": epoch, "trained_with": run.name, **r} for r in rows]
-        comparison += [{"epoch": epoch, "trained_with": run.name, **c} for c in comparisons]
-
-
-def _evaluate(
-    run: TrainingRun, x_test: torch.Tensor, config: VAEConfig, epoch: int, train_elbo: float, seconds: float
-) -> None:
-    """Append the run's history row for ``epoch``, with its test ELBO (same seed for every run): of the
-    discrete model for the discrete VAE, whatever temperature the run trains at; relaxed runs also get
-    their own relaxed objective on the test set (same seed)."""
-    discrete = config.model == "discrete"
-    estimator = "score" if discrete else "pathwise"
-    seed = derived_seed(config.seed, epoch)
-    with run.active():
-        with relaxation(run.model, run.guide, None):
-            test, se = evaluate_elbo(run.model, run.guide, x_test, config.test_particles, seed, estimator)
-        row = {"epoch": epoch, "estimator": run.name, "train_elbo": train_elbo, "test_elbo": test,
-               "test_elbo_se": se}
-        if discrete:
-            relaxed = se_relaxed = math.nan
-            temperature = temperature_of(run.name)
-            if temperature is not None:
-                relaxed, se_relaxed = evaluate_elbo(run.model, run.guide, x_test, config.test_particles, seed)
-            row |= {"relaxed_test_elbo": relaxed, "relaxed_test_elbo_se": se_relaxed}
-    run.history.append(row | {"seconds": seconds})
-
-
-def _save(
-    path: Path, config: VAEConfig, epoch: int, runs: list[TrainingRun],
-    variance: list[dict[str, Any]], comparison: list[dict[str, Any]],
-) -> None:
-    state = {"config": config.key(), "epoch": epoch, "runs": [r.state_dict() for r in runs],
-             "variance": variance, "comparison": comparison}
-    save_checkpoint(state, path)
-
-
-def _images(
-    runs: list[TrainingRun], x: torch.Tensor, config: VAEConfig
-) -> list[tuple[str, np.ndarray]]:
-    """Rows for the image grid: test images, each run's reconstructions (Bernoulli means at the
-    posterior mean, or for binary latents at the posterior mode), each run's prior samples (Bernoulli
-    means at z from the prior; the same z for every run)."""
-    with isolated_rng(config.seed):
-        if config.model == "discrete":
-            z = torch.bernoulli(torch.full((len(x), config.latent_dim), 0.5))
-        else:
-            z = torch.randn(len(x), config.latent_dim)
-    rows = [("test images", x.numpy())]
-    with torch.no_grad():
-        for run in runs:
-            with run.active():
-                if isinstance(run.guide, AmortizedBernoulli):
-                    code = (run.guide.encode(x) > 0).to(x.dtype)
-                else:
-                    code, _ = run.guide.encode(x)
-                rows.append((f"reconstructed ({run.name})", torch.sigmoid(run.model.decoder(code)).numpy()))
-        for run in runs:
-            with run.active():
-                rows.append((f"prior samples ({run.name})", torch.sigmoid(run.model.decoder(z)).numpy()))
-    return rows
-
-
-def _check_resume(path: Path, config: VAEConfig) -> dict[str, Any]:
-    if not path.is_file():
-        raise ValueError(f"--resume: no checkpoint {path}; run without --resume to start")
-    state = load_checkpoint(path)
-    saved = {k: v for k, v in type(config).key_of_checkpoint(state["config"]).items() if k != "epochs"}
-    wanted = {k: v for k, v in config.key().items() if k != "epochs"}
-    if saved != wanted:
-        diff = {k: (saved.get(k), v) for k, v in wanted.items() if saved.get(k) != v}
-        raise ValueError(f"--resume: {path} was made with other settings (checkpoint, now): {diff}")
-    return state
-
-
-def train_vae(
-    config: VAEConfig, out: str | os.PathLike[str], resume: bool = False, progress: bool | None = None
-) -> VAEResult:
-    """Train the digits VAE of ``config.model`` (:mod:`ppl_reparam.models.vae`,
-    :mod:`ppl_reparam.models.discrete_vae`) once per estimator spec in ``config``.
-
-    Epoch 0 is the untrained model. After every epoch each run's test ELBO is estimated
-    (:func:`evaluate_elbo`, ``config.test_particles`` particles, the same seed for every run; the
-    discrete ELBO for the discrete VAE); at epoch 0, every ``config.variance_every`` epochs and the
-    last, every estimator's gradient variance is measured at the current parameters of every run (or
-    of ``config.measure_on``) (:func:`measure_estimators`, skipped when ``config.variance_reps`` is 0).
-    A checkpoint ``out/checkpoint.pt`` is written atomically after each epoch; ``resume=True``
-    continues from it (a ValueError if it is missing or was made with other settings than
-    ``config``, ``epochs`` aside). A spec that cannot apply to the model is a ValueError before any
-    training.
+    :param make_model: builds each run's model and guide (:data:`ModelFactory`).
     """
-    path = Path(out) / CHECKPOINT
-    data = load_dataset(config.data, seed=config.seed)
-    train = data.train_probs if config.dynamic_binarization else data.train
-    num_data = len(train)
-    x_test = torch.from_numpy(data.test)
-    x_fixed = torch.from_numpy(data.train[: min(config.batch_size, num_data)])
-    runs = _build_runs(config, data.dim)
-    variance: list[dict[str, Any]] = []
-    comparison: list[dict[str, Any]] = []
-    if resume:
-        state = _check_resume(path, config)
+
+    name = "pyro"
+    checkpoint = CHECKPOINT
+
+    def __init__(self, make_model: ModelFactory):
+        self.make_model = make_model
+
+    def build_runs(self, config: VAEConfig, data: Dataset) -> list[TrainingRun]:
+        """One run per estimator spec, every one from the same initial weights (built under ``config.seed``)."""
+        runs = []
+        for spec in config.specs:
+            with isolated_rng(config.seed):
+                model, guide = self.make_model(
+                    config.model, data.dim, config.hidden, config.latent_dim, temperature_of(spec)
+                )
+            runs.append(TrainingRun(str(spec), model, guide, make_run_elbo(spec), config.lr, config.seed))
+        return runs
+
+    def check(self, runs: Sequence[TrainingRun], config: VAEConfig, x: np.ndarray, num_data: int) -> None:
+        """One loss of each spec (trained and measured alike) on two rows, with fresh ELBOs and the RNG
+        state left as it was: a spec that cannot apply raises the ELBO's own message (e.g. a pathwise
+        spec on the discrete model names the site)."""
+        run = runs[0]
+        for spec in config.specs:
+            with run.active(), isolated_rng(0), relaxation(run.model, run.guide, temperature_of(spec)):
+                make_run_elbo(spec).loss(run.model, run.guide, torch.from_numpy(x[:2]), num_data=num_data)
+
+    def test_elbo(self, run: TrainingRun, x_test: np.ndarray, config: VAEConfig, seed: int) -> dict[str, float]:
+        """The test ELBO (same seed for every run): of the discrete model for the discrete VAE, whatever
+        temperature the run trains at; relaxed runs also get their own relaxed objective."""
+        x = torch.from_numpy(x_test)
+        discrete = config.model == "discrete"
+        with run.active():
+            with relaxation(run.model, run.guide, None):
+                test, se = evaluate_elbo(run.model, run.guide, x, config.test_particles, seed,
+                                         "score" if discrete else "pathwise")
+            row = {"test_elbo": test, "test_elbo_se": se}
+            if discrete:
+                relaxed = se_relaxed = math.nan
+                if temperature_of(run.name) is not None:
+                    relaxed, se_relaxed = evaluate_elbo(run.model, run.guide, x, config.test_particles, seed)
+                row |= {"relaxed_test_elbo": relaxed, "relaxed_test_elbo_se": se_relaxed}
+        return row
+
+    def measure(
+        self, run: TrainingRun, runs: Sequence[TrainingRun], config: VAEConfig, x: np.ndarray, num_data: int,
+        seed: int,
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """:func:`measure_estimators` of every spec at ``run``'s parameters, each spec with the ELBO of
+        the run trained with it (its baseline as trained so far)."""
+        return measure_estimators(
+            run, config.specs, torch.from_numpy(x), num_data, num_reps=config.variance_reps, seed=seed,
+            elbos={r.name: r.elbo for r in runs},
+        )
+
+    def save(self, path: Path, meta: dict[str, Any], runs: Sequence[TrainingRun]) -> None:
+        save_checkpoint({**meta, "runs": [r.state_dict() for r in runs]}, path)
+
+    def load(self, path: Path, runs: Sequence[TrainingRun]) -> dict[str, Any]:
+        state = load_checkpoint(path)
         for run, run_state in zip(runs, state["runs"]):
             run.load_state_dict(run_state)
-        variance, comparison = state["variance"], state["comparison"]
-    else:
-        _check_specs(runs, config, x_fixed, num_data)
-        for run in runs:
-            _evaluate(run, x_test, config, 0, float("nan"), 0.0)
-        if config.variance_reps:
-            _measure(runs, config, x_fixed, num_data, 0, variance, comparison)
-    start = runs[0].epoch
-    if start > config.epochs:
-        raise ValueError(f"--resume: {path} is at epoch {start}, past --epochs {config.epochs}")
-    if not resume:
-        _save(path, config, 0, runs, variance, comparison)
-    bar = tqdm(range(start + 1, config.epochs + 1), desc="vae", unit="epoch",
-               disable=None if progress is None else not progress)
-    for epoch in bar:
-        for run in runs:
-            began = time.perf_counter()
-            train_elbo = run.train_epoch(train, config.batch_size, config.dynamic_binarization)
-            _evaluate(run, x_test, config, epoch, train_elbo, time.perf_counter() - began)
-        if config.variance_reps and (epoch % config.variance_every == 0 or epoch == config.epochs):
-            _measure(runs, config, x_fixed, num_data, epoch, variance, comparison)
-        _save(path, config, epoch, runs, variance, comparison)
-        bar.set_postfix({f"test ELBO {r.name}": f"{r.history[-1]['test_elbo']:.2f}" for r in runs})
-    history = [h for epoch in range(config.epochs + 1) for r in runs for h in r.history if h["epoch"] == epoch]
-    images = _images(runs, x_test[:IMAGES], config)
-    return VAEResult(history, variance, comparison, images, runs, num_data, len(x_test))
+        return state
+
+    def images(self, runs: Sequence[TrainingRun], x: np.ndarray, config: VAEConfig) -> list[tuple[str, np.ndarray]]:
+        """Rows for the image grid: test images, each run's reconstructions (Bernoulli means at the
+        posterior mean, or for binary latents at the posterior mode), each run's prior samples (Bernoulli
+        means at z from the prior; the same z for every run)."""
+        x = torch.from_numpy(x)
+        with isolated_rng(config.seed):
+            if config.model == "discrete":
+                z = torch.bernoulli(torch.full((len(x), config.latent_dim), 0.5))
+            else:
+                z = torch.randn(len(x), config.latent_dim)
+        rows = [("test images", x.numpy())]
+        with torch.no_grad():
+            for run in runs:
+                with run.active():
+                    code = run.guide.encode(x)  # (loc, scale) of a Gaussian guide, logits of a Bernoulli one
+                    code = code[0] if isinstance(code, tuple) else (code > 0).to(x.dtype)
+                    rows.append((f"reconstructed ({run.name})", torch.sigmoid(run.model.decoder(code)).numpy()))
+            for run in runs:
+                with run.active():
+                    rows.append((f"prior samples ({run.name})", torch.sigmoid(run.model.decoder(z)).numpy()))
+        return rows
