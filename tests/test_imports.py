@@ -25,7 +25,9 @@ print(ScoreFunctionELBO(num_particles=4).loss(toy.model, toy.guide))
 
 CORE_WITHOUT_EITHER = """
 import ppl_reparam.analytic, ppl_reparam.stats, ppl_reparam.report, ppl_reparam.plots, ppl_reparam.data
-import ppl_reparam.specs, ppl_reparam.cli.toy, ppl_reparam.cli
+import ppl_reparam.specs, ppl_reparam.cli.toy, ppl_reparam.cli, ppl_reparam.cli.vae, ppl_reparam.cli.compare
+import ppl_reparam.surrogate, ppl_reparam.iwae, ppl_reparam.meanfield, ppl_reparam.families, ppl_reparam.training
+import ppl_reparam.forcing, ppl_reparam.study, ppl_reparam.models
 print(ppl_reparam.analytic.gradient_moments("score", 2.0).variance)
 """
 

@@ -14,7 +14,9 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from scipy.special import logsumexp
 
+from ppl_reparam import iwae as core
 from ppl_reparam.pyro import gradient_variance
 from ppl_reparam.pyro.iwae import IWAE, vimco_signal
 from ppl_reparam.pyro.variance import trace_params
@@ -117,6 +119,45 @@ def test_vimco_signal_against_its_definition():
         replaced = torch.cat([others, others.mean(0, keepdim=True)])
         expected[i] = torch.logsumexp(log_w, 0) - torch.logsumexp(replaced, 0)
     torch.testing.assert_close(vimco_signal(log_w), expected)
+
+
+@pytest.mark.parametrize("shape", [(4,), (5, 3, 2)])
+@pytest.mark.parametrize("backend", ["pyro", "numpyro"])
+def test_core_vimco_signal_against_numpy(backend, shape):
+    # ppl_reparam.iwae.vimco_signal on each backend's arrays (torch float64, JAX float32) against its
+    # definition in NumPy float64, on random log weights of K = shape[0] samples.
+    log_w = np.random.default_rng(0).normal(scale=3.0, size=shape)
+    expected = np.empty_like(log_w)
+    for k in range(shape[0]):
+        others = np.delete(log_w, k, axis=0)
+        replaced = np.concatenate([others, others.mean(0, keepdims=True)])
+        expected[k] = logsumexp(log_w, 0) - logsumexp(replaced, 0)
+    if backend == "pyro":
+        from ppl_reparam.pyro.iwae import OPS
+
+        np.testing.assert_allclose(core.vimco_signal(torch.from_numpy(log_w), OPS).numpy(), expected, rtol=1e-12)
+    else:
+        jnp = pytest.importorskip("jax.numpy")
+        from ppl_reparam.numpyro.iwae import OPS
+
+        signal = core.vimco_signal(jnp.asarray(log_w, dtype=jnp.float32), OPS)
+        np.testing.assert_allclose(np.asarray(signal), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_batch_dims_left_of_max_plate_nesting_are_a_value_error():
+    # x's log density has a batch dim of 5 that no plate declares, left of max_plate_nesting = 1 where
+    # Pyro's shape checks do not look: the log weights would be (5, K, 1), not (K, 1).
+    def wide_model():
+        with pyro.plate("data", 4):
+            pyro.sample("z", dist.Normal(0.0, 1.0))
+        pyro.sample("x", dist.Normal(torch.zeros(5, 1, 1), 1.0), obs=torch.zeros(5, 1, 1))
+
+    def plate_guide():
+        with pyro.plate("data", 4):
+            pyro.sample("z", dist.Normal(0.0, 1.0))
+
+    with pytest.raises(ValueError, match=r"shape \(5, 3, 1\), not \(3, \.\.\.\).*sites \['x'\].*to_event"):
+        IWAE(num_particles=3, max_plate_nesting=1).loss(wide_model, plate_guide)
 
 
 def test_dreg_has_lower_variance_than_pathwise_for_the_guide():
