@@ -24,9 +24,10 @@ gradients (kurtosis 27 per sample on the toy problem at theta = 2).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from statistics import NormalDist
+from typing import Any
 
 import numpy as np
 from scipy.stats import trim_mean
@@ -398,3 +399,25 @@ class MeanAgreement:
             num_elements=int(z.size),
             confidence=confidence,
         )
+
+
+def measure_each(
+    gradient_variance: Callable[..., GradientStats],
+    options: Iterable[str],
+    model: Callable,
+    guide: Callable,
+    elbos: Mapping[str, Any],
+    args: tuple,
+    kwargs: dict,
+    num_reps: int,
+    seed: Any,
+) -> dict[str, GradientStats]:
+    """A backend's ``gradient_variance`` of each named ELBO on the same model, guide, parameter values
+    and seed (a backend's ``compare_estimators``): the keyword arguments named in ``options`` go to
+    ``gradient_variance``, the others to the model and guide."""
+    kwargs = dict(kwargs)
+    chosen = {k: kwargs.pop(k) for k in options if k in kwargs}
+    return {
+        name: gradient_variance(elbo, model, guide, *args, num_reps=num_reps, seed=seed, **chosen, **kwargs)
+        for name, elbo in elbos.items()
+    }

@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+from ppl_reparam import BACKEND_API
+
 HOOK = """
 import importlib.abc, sys
 class Refuse(importlib.abc.MetaPathFinder):
@@ -46,8 +48,12 @@ def test_import_without(blocked, code):
 
 
 def test_both_backends_export_the_same_names():
+    import ppl_reparam
     import ppl_reparam.numpyro as numpyro_backend
     import ppl_reparam.pyro as pyro_backend
 
     # AmortizedNormal wraps a torch module; everything else has a NumPyro twin of the same name.
-    assert set(pyro_backend.__all__) - {"AmortizedNormal"} == set(numpyro_backend.__all__)
+    assert set(pyro_backend.__all__) - {"AmortizedNormal"} == set(numpyro_backend.__all__) == set(BACKEND_API)
+    for backend in (pyro_backend, numpyro_backend):
+        assert all(hasattr(backend, name) for name in backend.__all__)
+    assert ppl_reparam.__version__ == "0.1.0"

@@ -4,6 +4,7 @@ The same public names as :mod:`ppl_reparam.pyro` (but ``AmortizedNormal``, a tor
 JAX and NumPyro only (never torch or Pyro).
 """
 
+from .. import BACKEND_API
 from ..forcing import ESTIMATORS
 from .baselines import ConstantBaseline, LearnedBaseline, LeaveOneOutBaseline, MovingAverageBaseline
 from .elbo import PathwiseELBO, ScoreFunctionELBO
@@ -12,18 +13,4 @@ from .handlers import EstimatorDistribution, force_estimator
 from .iwae import IWAE
 from .variance import compare_estimators, gradient_variance
 
-__all__ = [
-    "ConstantBaseline",
-    "ESTIMATORS",
-    "EstimatorDistribution",
-    "IWAE",
-    "LearnedBaseline",
-    "LeaveOneOutBaseline",
-    "MeanField",
-    "MovingAverageBaseline",
-    "PathwiseELBO",
-    "ScoreFunctionELBO",
-    "compare_estimators",
-    "force_estimator",
-    "gradient_variance",
-]
+__all__ = [*BACKEND_API]  # the imports above re-export these (tests/test_imports.py)

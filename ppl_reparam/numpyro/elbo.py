@@ -408,6 +408,9 @@ class EstimatorELBO(ELBO):
     ) -> tuple[jax.Array, jax.Array, dict]:
         """Per-particle losses and surrogates, and the mutable state (updated by the baseline when
         ``update``, i.e. in a training step)."""
+        # ``info`` is a side channel out of ``vmap``: the particle function fills it with static facts
+        # (each term's site and distribution, each score site's name and reduced dims), known once
+        # traced and the same for every particle, which cannot be returned as arrays through vmap.
         info: dict = {}
         if self.num_particles > 1 and self.baseline is not None and self.baseline.needs_particles:
             # leave-one-out compares the particles element by element: they share the minibatch

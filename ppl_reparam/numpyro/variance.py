@@ -31,7 +31,7 @@ from numpyro.handlers import replay, seed, substitute, trace
 from numpyro.infer.elbo import ELBO
 from numpyro.infer.util import transform_fn
 
-from ..stats import MIN_REPS, GradientStats
+from ..stats import MIN_REPS, GradientStats, measure_each
 
 _ARRAY = object()
 """Marks where an array argument goes back into the model's arguments (see :func:`_split_static`)."""
@@ -165,8 +165,5 @@ def compare_estimators(
     seed; write the result with :mod:`ppl_reparam.report`. The keyword arguments ``params``,
     ``confidence`` and ``chunk_particles`` go to :func:`gradient_variance`, the others to the model
     and guide."""
-    options = {k: kwargs.pop(k) for k in ("params", "confidence", "chunk_particles") if k in kwargs}
-    return {
-        name: gradient_variance(elbo, model, guide, *args, num_reps=num_reps, seed=seed, **options, **kwargs)
-        for name, elbo in elbos.items()
-    }
+    options = ("params", "confidence", "chunk_particles")
+    return measure_each(gradient_variance, options, model, guide, elbos, args, kwargs, num_reps, seed)

@@ -43,7 +43,7 @@ from pyro.infer import ELBO
 from pyro.poutine.subsample_messenger import _Subsample
 from tqdm.auto import tqdm
 
-from ..stats import MIN_REPS, GradientStats
+from ..stats import MIN_REPS, GradientStats, measure_each
 from .elbo import EstimatorELBO
 
 METHODS = ("auto", "forward", "loop")
@@ -149,6 +149,10 @@ def _forward_samples(
                 pyro.set_rng_seed(chunk_seed)
                 validate = pyro.infer.util.is_validation_enabled() and c == j == 0
                 with torch.no_grad(), fwAD.dual_level(), pyro.validation_enabled(validate):
+                    # The param store's leaf itself must carry the tangent (the model and guide read
+                    # that very tensor through pyro.param): copying a dual tensor into it in place, under
+                    # no_grad, gives the leaf the tangent e_j at this dual level without changing its
+                    # value or its identity; leaving the level drops the tangent again.
                     leaf.copy_(fwAD.make_dual(leaf.detach().clone(), tangent.view_as(leaf)))
                     _, surrogate = elbos[k].particle_losses(model, guide, *args, **kwargs)
                     derivative = fwAD.unpack_dual(surrogate).tangent
@@ -265,8 +269,5 @@ def compare_estimators(
     """:func:`gradient_variance` of each named ELBO on the same model, guide, parameter values and
     seed; write the result with :mod:`ppl_reparam.report`. Extra keyword arguments go to
     :func:`gradient_variance` when it takes them, else to the model and guide."""
-    options = {k: kwargs.pop(k) for k in ("confidence", "method", "chunk_particles", "progress") if k in kwargs}
-    return {
-        name: gradient_variance(elbo, model, guide, *args, num_reps=num_reps, seed=seed, **options, **kwargs)
-        for name, elbo in elbos.items()
-    }
+    options = ("confidence", "method", "chunk_particles", "progress")
+    return measure_each(gradient_variance, options, model, guide, elbos, args, kwargs, num_reps, seed)
