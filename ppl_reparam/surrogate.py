@@ -57,6 +57,9 @@ class ArrayOps(Protocol):
     def sum(self, x: Array, dims: tuple[int, ...]) -> Array:
         """Sum over the (negative) ``dims``, keeping them with size 1."""
 
+    def total(self, x: Array) -> Array:
+        """The sum of every element, of shape ``(1,)``."""
+
     def shape(self, x: Array) -> tuple[int, ...]:
         """The shape of ``x`` (``()`` for a Python number)."""
 
@@ -187,9 +190,11 @@ def check_closed_forms(terms: Sequence[Term], deps: Sequence[frozenset]) -> None
 def per_particle(x: Array, dim: int | None, ops: ArrayOps) -> Array:
     """Sum ``x`` over every dim but the particle ``dim``: shape ``(particles,)``, or ``(1,)`` when
     ``x`` does not vary across particles or ``dim`` is None (particles not in the arrays)."""
+    if dim is None:
+        return ops.total(x)
     shape = ops.shape(x)
-    if dim is None or len(shape) < -dim:
-        return ops.reshape(ops.sum(x, tuple(range(-len(shape), 0))) if shape else x, (1,))
+    if len(shape) < -dim:
+        return ops.total(x)
     others = tuple(d for d in range(-len(shape), 0) if d != dim)
     return ops.reshape(ops.sum(x, others), (shape[dim],))
 

@@ -84,6 +84,10 @@ class _JaxOps:
     def sum(x, dims):
         return jnp.sum(x, axis=dims, keepdims=True) if dims else x
 
+    @staticmethod
+    def total(x):
+        return jnp.reshape(jnp.sum(x), (1,))
+
     shape = staticmethod(jnp.shape)
     reshape = staticmethod(jnp.reshape)
     broadcast_to = staticmethod(jnp.broadcast_to)

@@ -67,6 +67,10 @@ class _TorchOps:
         return torch.as_tensor(x).sum(dims, keepdim=True) if dims else x
 
     @staticmethod
+    def total(x):
+        return x.sum().reshape(1) if isinstance(x, torch.Tensor) else torch.tensor([x])
+
+    @staticmethod
     def shape(x):
         return tuple(x.shape) if isinstance(x, torch.Tensor) else ()
 
