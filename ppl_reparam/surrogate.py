@@ -114,21 +114,26 @@ class ScoreSite:
 
 
 def check_options(
-    num_particles: Any, sites: Iterable[str] | str | None, baseline: Any, stl: bool, analytic_kl: bool, stacked: bool
+    num_particles: Any,
+    sites: Iterable[str] | str | None,
+    baseline: Any,
+    stl: bool,
+    analytic_kl: bool,
+    vectorized: bool | None,
 ) -> tuple[str, ...] | None:
     """Check the options every ELBO of this package takes and return ``sites`` as a tuple (or None).
 
-    ``baseline`` is the backend's baseline object (or None); ``stacked`` says whether the particles of
-    one estimate are side by side where a leave-one-out baseline can compare them (Pyro: only when
-    vectorized)."""
+    ``baseline`` is the backend's baseline object (or None); ``vectorized`` says whether the particles of
+    one estimate are side by side where a leave-one-out baseline can compare them (Pyro's
+    ``vectorize_particles``; None where the backend always stacks them, as NumPyro does)."""
     if isinstance(num_particles, bool) or not isinstance(num_particles, numbers.Integral) or num_particles < 1:
         raise ValueError(f"num_particles must be a positive integer, got {num_particles!r}")
-    if baseline is not None and baseline.needs_particles and (num_particles < 2 or not stacked):
+    if baseline is not None and baseline.needs_particles and (num_particles < 2 or vectorized is False):
+        needs = "" if vectorized is None else " and vectorize_particles=True"
+        got = "" if vectorized is None else f", vectorize_particles={vectorized}"
         raise ValueError(
-            f"baseline {baseline!r} (leave-one-out) compares particles: it needs num_particles >= 2"
-            + ("" if stacked else " and vectorize_particles=True")
-            + f", got num_particles={num_particles}"
-            + ("" if stacked else ", vectorize_particles=False")
+            f"baseline {baseline!r} (leave-one-out) compares particles: it needs num_particles >= 2{needs}, "
+            f"got num_particles={num_particles}{got}"
         )
     if stl and analytic_kl:
         raise ValueError(

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import signal
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
+
+from ..threads import auto_threads, limited_threads
 
 
 def int_list(text: str) -> tuple[int, ...]:
@@ -46,23 +48,7 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-@contextmanager
-def threads(n: int) -> Iterator[None]:
-    """At most ``n`` threads for torch's CPU kernels and for NumPy's BLAS in the block. The
-    networks and the bootstrap's matrices here are small: on a busy 2-core machine two threads
-    made an SVI step 25 times slower than one (thread hand-offs, not arithmetic)."""
-    from threadpoolctl import threadpool_limits
-
-    try:
-        import torch
-    except ImportError:  # the NumPyro backend runs without torch
-        torch = None
-    previous = torch.get_num_threads() if torch else None
-    if torch:
-        torch.set_num_threads(n)
-    try:
-        with threadpool_limits(limits=n):
-            yield
-    finally:
-        if torch:
-            torch.set_num_threads(previous)
+def threads(n: int | None, work: int | None = None) -> AbstractContextManager[None]:
+    """The command's thread policy (:mod:`ppl_reparam.threads`): ``--threads`` if given, else one
+    thread for small work. Load torch first if the command uses it, so that the policy reaches it."""
+    return limited_threads(auto_threads(work, n))

@@ -224,7 +224,7 @@ class EstimatorELBO(ELBO):
     ):
         check_estimator(self.estimator)
         self.baseline = make_baseline(baseline)
-        self.sites = sg.check_options(num_particles, sites, self.baseline, stl, analytic_kl, stacked=True)
+        self.sites = sg.check_options(num_particles, sites, self.baseline, stl, analytic_kl, vectorized=None)
         self.analytic_kl = bool(analytic_kl)
         self.stl = bool(stl)
         super().__init__(num_particles=int(num_particles), vectorize_particles=vectorize_particles)

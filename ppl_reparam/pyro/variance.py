@@ -7,11 +7,15 @@ unconstrained value, the tensor that Pyro's optimizers update.
 
 Two ways to draw them, chosen by ``method``:
 
-- ``"forward"``: all ``num_reps x num_particles`` particles in vectorized passes of at most
-  ``chunk_particles`` particles, with each particle's gradient :math:`\partial \tilde L_i/\partial
-  \phi_j` from forward-mode autodiff, one pass per parameter element :math:`\phi_j`, all passes of a
-  chunk on the same random numbers. A repetition's estimate is the mean over its particles. Needs one
-  of this package's ELBOs with ``vectorize_particles=True`` and no leave-one-out baseline (which
+- ``"forward"`` (vectorized): all ``num_reps x num_particles`` particles in vectorized passes of at
+  most ``chunk_particles`` particles, ``k`` repetitions a pass, each pass on its own random numbers.
+  A repetition's estimate is the mean over its particles' surrogate gradients. A small pass
+  (``k^2 x num_particles`` at most :data:`REVERSE_LIMIT`) gets its ``k`` gradients from one backward
+  pass vmapped over the repetitions (``torch.autograd.grad(..., is_grads_batched=True)``); a larger one
+  from forward-mode autodiff, one pass per parameter element :math:`\phi_j` on the same random
+  numbers. Both give the same numbers from the same draws; the reverse mode spares small problems
+  the first forward-mode call of a process, which loads torch's compiler stack (about 1.5 s). Needs
+  one of this package's ELBOs with ``vectorize_particles=True`` and no leave-one-out baseline (which
   would compare particles across repetitions); cost grows with the number of parameter elements, so
   it suits few parameters (the toy problem, small conjugate models).
   A chunk's repetitions share one trace, so a randomly subsampled plate would draw its indices once
@@ -44,6 +48,7 @@ from pyro.poutine.subsample_messenger import _Subsample
 from tqdm.auto import tqdm
 
 from ..stats import MIN_REPS, GradientStats, measure_each
+from ..threads import auto_threads, limited_threads
 from .elbo import EstimatorELBO
 
 METHODS = ("auto", "forward", "loop")
@@ -66,20 +71,25 @@ def _chunk_seed(seed: int, chunk: int) -> int:
     return int(np.random.SeedSequence([seed, chunk]).generate_state(1)[0])
 
 
-def _run_once(model: Callable, guide: Callable, args: tuple, kwargs: dict) -> tuple[dict[str, torch.Tensor], list]:
+def _run_once(
+    model: Callable, guide: Callable, args: tuple, kwargs: dict
+) -> tuple[dict[str, torch.Tensor], list[str], int]:
     """Run guide and model once: ``{name: unconstrained leaf}`` of every param they use (creating
-    params that are not in the param store yet, as a first SVI step would), and the names of the
-    plates that draw a random subsample."""
+    params that are not in the param store yet, as a first SVI step would), the names of the plates
+    that draw a random subsample, and the most elements of one value in the traces (a particle's
+    largest operand, for the thread policy)."""
     with poutine.trace(param_only=True) as params:
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+    sites = [(name, site) for tr in (guide_trace, model_trace) for name, site in tr.nodes.items()]
     subsampled = [
         name
-        for tr in (guide_trace, model_trace)
-        for name, site in tr.nodes.items()
+        for name, site in sites
         if isinstance(site.get("fn"), _Subsample) and site["fn"].subsample_size not in (None, site["fn"].size)
     ]
-    return {name: site["value"].unconstrained() for name, site in params.trace.nodes.items()}, subsampled
+    values = [site["value"] for _, site in sites if isinstance(site.get("value"), torch.Tensor)]
+    largest = max((v.numel() for v in values), default=1)
+    return {name: site["value"].unconstrained() for name, site in params.trace.nodes.items()}, subsampled, largest
 
 
 def trace_params(model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
@@ -120,6 +130,44 @@ def _gradient(elbo: ELBO, model: Callable, guide: Callable, args: tuple, kwargs:
             leaf.grad = grad
 
 
+REVERSE_LIMIT = 2**20
+"""Most entries of the one-hot matrix (repetitions x particles of a pass) for which a pass's
+per-repetition gradients come from one batched reverse-mode call rather than forward mode."""
+
+
+def _chunk_reverse(
+    elbo: EstimatorELBO, model: Callable, guide: Callable, args: tuple, kwargs: dict, leaves: list, k: int
+) -> list[torch.Tensor]:
+    """The ``k`` repetitions' gradients of one pass, by reverse mode: one backward pass vmapped over the
+    repetitions (``is_grads_batched``), each with weights 1/n on its own particles."""
+    _, surrogate = elbo.particle_losses(model, guide, *args, **kwargs)
+    n = surrogate.shape[0] // k
+    weights = torch.kron(torch.eye(k, dtype=surrogate.dtype), torch.full((1, n), 1.0 / n, dtype=surrogate.dtype))
+    if not surrogate.requires_grad:
+        return [torch.zeros(k, leaf.numel()) for leaf in leaves]
+    grads = torch.autograd.grad(surrogate, leaves, weights, is_grads_batched=True, allow_unused=True)
+    return [torch.zeros(k, leaf.numel()) if g is None else g.reshape(k, -1) for g, leaf in zip(grads, leaves)]
+
+
+def _chunk_forward(
+    elbo: EstimatorELBO, model: Callable, guide: Callable, args: tuple, kwargs: dict, leaf: torch.Tensor,
+    j: int, k: int,
+) -> torch.Tensor:
+    """The ``k`` repetitions' derivatives in element ``j`` of ``leaf`` of one pass, by forward mode."""
+    tangent = torch.zeros_like(leaf).view(-1)
+    tangent[j] = 1.0
+    with torch.no_grad(), fwAD.dual_level():
+        # The param store's leaf itself must carry the tangent (the model and guide read that very
+        # tensor through pyro.param): copying a dual tensor into it in place, under no_grad, gives the
+        # leaf the tangent e_j at this dual level without changing its value or its identity; leaving
+        # the level drops the tangent again.
+        leaf.copy_(fwAD.make_dual(leaf.detach().clone(), tangent.view_as(leaf)))
+        _, surrogate = elbo.particle_losses(model, guide, *args, **kwargs)
+        derivative = fwAD.unpack_dual(surrogate).tangent
+    derivative = torch.zeros(surrogate.shape[0]) if derivative is None else derivative
+    return derivative.reshape(k, -1).mean(1)
+
+
 def _forward_samples(
     elbo: EstimatorELBO,
     model: Callable,
@@ -132,7 +180,11 @@ def _forward_samples(
     chunk_particles: int,
     progress: bool,
 ) -> dict[str, np.ndarray]:
-    """Per-repetition gradients by forward-mode autodiff over vectorized particles."""
+    """Per-repetition gradients from vectorized passes of ``k`` repetitions each (see the module
+    docstring): every pass draws its random numbers from its own seed, and its repetitions' gradients
+    come from one batched reverse-mode call where the pass is small (``k^2 n`` at most
+    :data:`REVERSE_LIMIT`), else from forward mode, one pass per parameter element on the same draws.
+    Either way the same draws give the same numbers (to rounding)."""
     n = elbo.num_particles
     reps_per_chunk = max(1, min(num_reps, chunk_particles // n))
     chunks = [min(reps_per_chunk, num_reps - start) for start in range(0, num_reps, reps_per_chunk)]
@@ -142,22 +194,20 @@ def _forward_samples(
     start = 0
     for c, k in enumerate(chunks):
         chunk_seed = _chunk_seed(seed, c)
-        for name, leaf in params.items():
-            for j in range(leaf.numel()):
-                tangent = torch.zeros_like(leaf).view(-1)
-                tangent[j] = 1.0
-                pyro.set_rng_seed(chunk_seed)
-                validate = pyro.infer.util.is_validation_enabled() and c == j == 0
-                with torch.no_grad(), fwAD.dual_level(), pyro.validation_enabled(validate):
-                    # The param store's leaf itself must carry the tangent (the model and guide read
-                    # that very tensor through pyro.param): copying a dual tensor into it in place, under
-                    # no_grad, gives the leaf the tangent e_j at this dual level without changing its
-                    # value or its identity; leaving the level drops the tangent again.
-                    leaf.copy_(fwAD.make_dual(leaf.detach().clone(), tangent.view_as(leaf)))
-                    _, surrogate = elbos[k].particle_losses(model, guide, *args, **kwargs)
-                    derivative = fwAD.unpack_dual(surrogate).tangent
-                grads = torch.zeros(k * n) if derivative is None else derivative
-                out[name][start : start + k, j] = grads.reshape(k, n).mean(1).double().numpy()
+        validate = pyro.infer.util.is_validation_enabled() and c == 0
+        if k * k * n <= REVERSE_LIMIT:
+            pyro.set_rng_seed(chunk_seed)
+            with pyro.validation_enabled(validate):
+                grads = _chunk_reverse(elbos[k], model, guide, args, kwargs, list(params.values()), k)
+            for name, g in zip(params, grads):
+                out[name][start : start + k] = g.double().numpy()
+        else:
+            for name, leaf in params.items():
+                for j in range(leaf.numel()):
+                    pyro.set_rng_seed(chunk_seed)
+                    with pyro.validation_enabled(validate and j == 0):
+                        g = _chunk_forward(elbos[k], model, guide, args, kwargs, leaf, j, k)
+                    out[name][start : start + k, j] = g.double().numpy()
         start += k
         bar.update(k)
     bar.close()
@@ -195,6 +245,7 @@ def gradient_variance(
     method: str = "auto",
     chunk_particles: int = 2**18,
     progress: bool = False,
+    threads: int | None = None,
     **kwargs: Any,
 ) -> GradientStats:
     """Mean, variance, confidence interval and SNR of ``elbo``'s gradient estimate, per parameter.
@@ -209,6 +260,8 @@ def gradient_variance(
     :param method: ``"auto"``, ``"forward"`` or ``"loop"`` (module docstring).
     :param chunk_particles: most particles in one vectorized pass (``"forward"``).
     :param progress: show a progress bar.
+    :param threads: torch's intra-op threads during the measurement; None: one thread unless a pass's
+        operations are large (:mod:`ppl_reparam.threads`). The caller's setting is restored.
 
     Parameter values, their ``.grad`` and the param store are left as they were.
     """
@@ -224,7 +277,7 @@ def gradient_variance(
     batched = isinstance(elbo, EstimatorELBO) and elbo.vectorize_particles and not couples
     start = time.perf_counter()
     with isolated_rng(seed):
-        params, subsampled = _run_once(model, guide, args, kwargs)
+        params, subsampled, largest = _run_once(model, guide, args, kwargs)
         size = sum(p.numel() for p in params.values())
         auto = method == "auto"
         if auto:
@@ -240,19 +293,21 @@ def gradient_variance(
                 "would draw one subsample for all of them (too low a variance); use method='loop'"
             )
         samples = None
-        if method == "forward":
-            try:
-                samples = _forward_samples(
-                    elbo, model, guide, args, kwargs, params, num_reps, seed, chunk_particles, progress
-                )
-            except NotImplementedError as e:
-                # torch has no forward-mode derivative for some samplers (Gamma, Beta, Dirichlet);
-                # "auto" then draws the same statistics by reverse mode
-                if not (auto and "forward AD" in str(e)):
-                    raise
-                pyro.set_rng_seed(seed)
-        if samples is None:
-            samples = _loop_samples(elbo, model, guide, args, kwargs, params, num_reps, progress)
+        per_pass = min(chunk_particles, num_reps * elbo.num_particles) if method == "forward" else elbo.num_particles
+        with limited_threads(auto_threads(largest * per_pass, threads)):
+            if method == "forward":
+                try:
+                    samples = _forward_samples(
+                        elbo, model, guide, args, kwargs, params, num_reps, seed, chunk_particles, progress
+                    )
+                except NotImplementedError as e:
+                    # torch has no forward-mode derivative for some samplers (Gamma, Beta, Dirichlet);
+                    # "auto" then draws the same statistics by reverse mode
+                    if not (auto and "forward AD" in str(e)):
+                        raise
+                    pyro.set_rng_seed(seed)
+            if samples is None:
+                samples = _loop_samples(elbo, model, guide, args, kwargs, params, num_reps, progress)
     seconds = time.perf_counter() - start
     return GradientStats.from_samples(samples, elbo.num_particles, seconds, confidence)
 
@@ -269,5 +324,5 @@ def compare_estimators(
     """:func:`gradient_variance` of each named ELBO on the same model, guide, parameter values and
     seed; write the result with :mod:`ppl_reparam.report`. Extra keyword arguments go to
     :func:`gradient_variance` when it takes them, else to the model and guide."""
-    options = ("confidence", "method", "chunk_particles", "progress")
+    options = ("confidence", "method", "chunk_particles", "progress", "threads")
     return measure_each(gradient_variance, options, model, guide, elbos, args, kwargs, num_reps, seed)
