@@ -11,6 +11,7 @@ import argparse
 from pathlib import Path
 
 from ..families import DEFAULT_SAMPLES, Backend
+from .common import at_least, threads
 
 BACKENDS = ("pyro", "numpyro")
 
@@ -31,7 +32,9 @@ def run(args: argparse.Namespace) -> None:
     from ..report import atomic_write_text, write_csv, write_json
 
     names = BACKENDS if args.backend == "both" else (args.backend,)
-    rows = family_table([_backend(name) for name in names], args.samples, args.seed)
+    backends = [_backend(name) for name in names]  # loads torch before the thread policy reaches it
+    with threads(args.threads, work=args.samples):
+        rows = family_table(backends, args.samples, args.seed)
     header = (f"Gradient of E[f(x)] per family, {' and '.join(names)}: {args.samples} per-sample gradients of "
               f"each estimator, seed {args.seed}; mean ± standard error, per-sample variance with Bonett's 95% "
               "interval.")
@@ -60,4 +63,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--backend", choices=[*BACKENDS, "both"], default="pyro",
                         help="Pyro, NumPyro, or both side by side in the table (NumPyro lacks some families)")
     parser.add_argument("--out", default="results", help="folder for families.csv, families.json, families.md")
+    parser.add_argument("--threads", type=at_least(1), default=None,
+                        help="CPU threads for torch and BLAS (None: one unless an operation is large)")
     parser.set_defaults(func=run)

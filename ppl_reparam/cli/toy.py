@@ -26,6 +26,7 @@ from .. import analytic
 from ..report import markdown_table, write_csv, write_json
 from ..specs import EstimatorSpec, parse_spec, parse_specs
 from ..stats import GradientStats
+from .common import at_least, threads
 
 DEFAULT_SAMPLES = (10, 100, 1000, 10000, 100000)
 DEFAULT_SPECS = "score+akl,pathwise+akl"
@@ -149,7 +150,10 @@ def run(args: argparse.Namespace) -> None:
     if args.reps < 5:
         raise ValueError(f"--reps must be at least 5 (for the variance interval), got {args.reps}")
     backends = BACKENDS if args.backend == "both" else (args.backend,)
-    rows = sweep(args.theta, samples, args.reps, specs, args.seed, progress=not args.quiet, backends=backends)
+    if "pyro" in backends:
+        import torch  # noqa: F401  (loaded before the thread policy, so that it reaches torch)
+    with threads(args.threads):
+        rows = sweep(args.theta, samples, args.reps, specs, args.seed, progress=not args.quiet, backends=backends)
     out = Path(args.out)
     print(f"Toy problem: d/dtheta E[x^2], x ~ N({args.theta}, 1); {args.reps} repetitions, seed {args.seed}; "
           f"exact gradient {2 * args.theta:g}")
@@ -181,5 +185,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--backend", choices=[*BACKENDS, "both"], default="pyro",
                         help="Pyro, NumPyro, or both side by side in the table and plot")
     parser.add_argument("--out", default="results", help="folder for toy.csv, toy.json and toy.png")
+    parser.add_argument("--threads", type=at_least(1), default=None,
+                        help="CPU threads for torch and BLAS (None: one unless an operation is large)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)

@@ -226,18 +226,18 @@ def summary(result: VAEResult, config: VAEConfig) -> str:
 def run(args: argparse.Namespace) -> None:
     config = config_from_args(args)
     out = Path(args.out)
+    from .. import models
+    from ..training import train_vae
+
+    if args.backend == "numpyro":
+        from ..numpyro.training import VAEStudy
+
+        backend = VAEStudy(models.numpyro_vae)
+    else:
+        from ..pyro.training import VAEStudy  # loads torch, so that the thread policy reaches it
+
+        backend = VAEStudy(models.pyro_vae)
     with threads(args.threads), sigterm_as_interrupt():
-        from .. import models
-        from ..training import train_vae
-
-        if args.backend == "numpyro":
-            from ..numpyro.training import VAEStudy
-
-            backend = VAEStudy(models.numpyro_vae)
-        else:
-            from ..pyro.training import VAEStudy
-
-            backend = VAEStudy(models.pyro_vae)
         result = train_vae(config, out, backend, resume=args.resume, progress=False if args.quiet else None)
     what = "Bernoulli latent bits" if config.model == "discrete" else "Gaussian latents"
     sizes = "-".join(map(str, (result.images[0][1].shape[1], *config.hidden, config.latent_dim)))
@@ -295,8 +295,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="particles per test image for the test ELBO")
     parser.add_argument("--dynamic-binarization", action="store_true",
                         help="draw fresh Bernoulli training pixels every epoch")
-    parser.add_argument("--threads", type=at_least(1), default=1,
-                        help="CPU threads for torch and BLAS (small networks run fastest on one)")
+    parser.add_argument("--threads", type=at_least(1), default=None,
+                        help="CPU threads for torch and BLAS (None: one, which small networks run fastest on)")
     parser.add_argument("--backend", choices=("pyro", "numpyro"), default="pyro",
                         help="numpyro: train with JAX/NumPyro (every spec; checkpoint.npz)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
