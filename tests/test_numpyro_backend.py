@@ -28,6 +28,7 @@ from numpyro.infer.autoguide import AutoDiagonalNormal, AutoNormal
 
 from ppl_reparam.models.toy_gaussian_numpyro import ToyGaussian
 from ppl_reparam.numpyro import (
+    IWAE,
     EstimatorDistribution,
     PathwiseELBO,
     ScoreFunctionELBO,
@@ -506,3 +507,22 @@ def test_import_without_torch_or_pyro():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "5"
+
+
+def test_a_fresh_equal_elbo_reuses_the_compiled_measurement():
+    """ELBOs compare by their options: a fresh ELBO equal to one already measured hits the compile
+    cache of gradient_variance (a notebook cell run twice, compare_estimators with fresh ELBOs)."""
+    from ppl_reparam.numpyro.baselines import ConstantBaseline
+    from ppl_reparam.numpyro.variance import _gradient_samples
+
+    def make():
+        return ScoreFunctionELBO(num_particles=3, baseline=ConstantBaseline(2.0))
+
+    assert make() == make() and hash(make()) == hash(make())
+    assert make() != ScoreFunctionELBO(num_particles=3, baseline=ConstantBaseline(1.0))
+    assert IWAE(3, "score") == IWAE(3, "score") != IWAE(3, "pathwise")
+    first = gradient_variance(make(), TOY.model, TOY.guide, params={"theta": 2.0}, num_reps=10, seed=1)
+    compiled = _gradient_samples._cache_size()
+    again = gradient_variance(make(), TOY.model, TOY.guide, params={"theta": 2.0}, num_reps=10, seed=1)
+    assert _gradient_samples._cache_size() == compiled
+    np.testing.assert_array_equal(first["theta"].samples, again["theta"].samples)

@@ -95,6 +95,14 @@ class Baseline:
     needs_particles = False
     stateful = False
 
+    # A baseline holds options only (its state lives in NumPyro's mutable state), so equal options make
+    # equal baselines, and equal ELBOs (ppl_reparam.numpyro.elbo) reuse compiled code.
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and vars(other) == vars(self)
+
+    def __hash__(self) -> int:
+        return hash((type(self), *sorted(vars(self).items())))
+
     def value(self, site: str, cost: jax.Array, state: Any, ctx: Context) -> jax.Array:
         """The baseline for ``cost``, broadcastable to it."""
         raise NotImplementedError

@@ -236,6 +236,18 @@ class EstimatorELBO(ELBO):
             f"sites={self.sites!r}, baseline={self.baseline!r}, stl={self.stl})"
         )
 
+    def _config(self) -> tuple:
+        return (type(self), self.num_particles, self.vectorize_particles, self.analytic_kl, self.sites,
+                self.baseline, self.stl)
+
+    # Equal options make equal ELBOs: the ELBO is a static argument of the jitted functions
+    # (gradient_variance, SVI's update), so a fresh ELBO with the same options reuses their compiled code.
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other._config() == self._config()
+
+    def __hash__(self) -> int:
+        return hash(self._config())
+
     # ----------------------------------------------------------------------------------- traces
     def _traces(self, keys: tuple[jax.Array, jax.Array], *run: Any, **options: Any) -> tuple[dict, dict]:
         """:func:`traces` of one particle with this ELBO's estimator; ``run`` is ``(param_map, model,

@@ -70,6 +70,15 @@ class IWAE(ELBO):
     def __repr__(self) -> str:
         return f"IWAE(num_particles={self.num_particles}, estimator={self.estimator!r})"
 
+    def __eq__(self, other: object) -> bool:  # equal options: reuse compiled code (see ppl_reparam.numpyro.elbo)
+        return type(other) is type(self) and other._config() == self._config()
+
+    def __hash__(self) -> int:
+        return hash(self._config())
+
+    def _config(self) -> tuple:
+        return type(self), self.num_particles, self.estimator, self.vectorize_particles
+
     def _particle(self, keys, param_map, model, guide, args, kwargs, info: dict) -> dict[str, jax.Array]:
         """One particle's log weight per shared-plate element, and the terms its estimator needs
         (:func:`ppl_reparam.iwae.surrogate_objective`)."""

@@ -10,8 +10,11 @@ All repetitions run in one jitted call, ``jax.vmap`` over repetitions of ``jax.g
 ``elbo.loss``; when ``num_reps * num_particles`` exceeds ``chunk_particles`` the repetitions run in
 equal chunks, ``jax.lax.map`` over chunks of ``jax.vmap``, to bound memory (the last chunk is padded
 with extra repetitions that are dropped, so that one loop body is compiled). The compiled function is cached
-by ``elbo``, ``model`` and ``guide`` (by identity), the non-array arguments (by value) and the shapes
-of the array arguments, so a second call with the same objects does not compile again.
+by ``elbo`` (by value: its class and options, so a fresh ELBO with the same options reuses it),
+``model`` and ``guide`` (by identity), the non-array arguments (by value), ``num_reps`` and
+``chunk_particles`` (through the chunking) and the shapes and dtypes of the array arguments and
+parameters: a new model or guide object, other ELBO options, other shapes or other non-array
+arguments compile again.
 """
 
 from __future__ import annotations
