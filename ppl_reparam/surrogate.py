@@ -58,7 +58,7 @@ class ArrayOps(Protocol):
         """Sum over the (negative) ``dims``, keeping them with size 1."""
 
     def total(self, x: Array) -> Array:
-        """The sum of every element, of shape ``(1,)``."""
+        """The sum of every element (0-dimensional)."""
 
     def shape(self, x: Array) -> tuple[int, ...]:
         """The shape of ``x`` (``()`` for a Python number)."""
@@ -82,6 +82,8 @@ class Site:
     :param latent: a guide latent whose estimator is chosen (not observed, not a ``Delta``).
     :param score: drawn without ``rsample``: a score-function site.
     :param node: the backend's trace node, handed back to its callbacks.
+    :param total: the sum of ``log_prob`` where the backend has it already (Pyro's ``log_prob_sum``),
+        used when the particles are not in the arrays.
     """
 
     name: str
@@ -90,17 +92,27 @@ class Site:
     latent: bool = False
     score: bool = False
     node: Any = None
+    total: Array | None = None
 
 
 @dataclass(frozen=True)
 class Term:
-    """One additive piece :math:`\\ell_t` of the loss and what it adds to the surrogate."""
+    """One additive piece :math:`\\ell_t = \\pm\\,` ``value`` of the loss (``sign`` -1 for a model
+    site's log density, so that no array is negated unless a cost needs it) and what it adds to the
+    surrogate, ``sign * grad``."""
 
     site: str
     frames: frozenset
     value: Array
     grad: Array  # value-equal to ``value`` where it carries a gradient; 0.0 where it carries none
     closed_form: bool = False  # a closed-form KL that integrates the site's own sample out
+    sign: float = 1.0
+    total: Array | None = None  # the sum of ``value``, where the backend has it already
+
+    @property
+    def signed(self) -> Array:
+        """:math:`\\ell_t`, element by element."""
+        return self.value if self.sign > 0 else -self.value
 
 
 @dataclass(frozen=True)
@@ -166,14 +178,14 @@ def loss_terms(
             terms.append(Term(site.name, site.frames, kl, kl, closed_form=True))
             closed.add(site.name)
         elif site.score:
-            terms.append(Term(site.name, site.frames, site.log_prob, 0.0))
+            terms.append(Term(site.name, site.frames, site.log_prob, 0.0, total=site.total))
         elif stl and site.latent:
-            terms.append(Term(site.name, site.frames, site.log_prob, path_log_prob(site)))
+            terms.append(Term(site.name, site.frames, site.log_prob, path_log_prob(site), total=site.total))
         else:
-            terms.append(Term(site.name, site.frames, site.log_prob, site.log_prob))
+            terms.append(Term(site.name, site.frames, site.log_prob, site.log_prob, total=site.total))
     for name, site in model.items():
         if name not in closed:
-            terms.append(Term(name, site.frames, -site.log_prob, -site.log_prob))
+            terms.append(Term(name, site.frames, site.log_prob, site.log_prob, sign=-1.0, total=site.total))
     return terms
 
 
@@ -193,8 +205,8 @@ def check_closed_forms(terms: Sequence[Term], deps: Sequence[frozenset]) -> None
 
 
 def per_particle(x: Array, dim: int | None, ops: ArrayOps) -> Array:
-    """Sum ``x`` over every dim but the particle ``dim``: shape ``(particles,)``, or ``(1,)`` when
-    ``x`` does not vary across particles or ``dim`` is None (particles not in the arrays)."""
+    """Sum ``x`` over every dim but the particle ``dim``: shape ``(particles,)``, or ``()`` when ``x``
+    does not vary across particles or ``dim`` is None (particles not in the arrays)."""
     if dim is None:
         return ops.total(x)
     shape = ops.shape(x)
@@ -209,13 +221,13 @@ def totals(terms: Iterable[Term], dim: int | None, ops: ArrayOps) -> tuple[Array
     :math:`\\sum_t \\ell_t` and :math:`\\sum_t g_t`."""
     loss = surrogate = 0.0
     for term in terms:
-        value = per_particle(term.value, dim, ops)
-        loss = loss + ops.stop_gradient(value)
-        if term.grad is term.value:
-            surrogate = surrogate + value
-        elif not isinstance(term.grad, float):
-            surrogate = surrogate + per_particle(term.grad, dim, ops)
-    return loss, surrogate
+        value = term.total if dim is None and term.total is not None else per_particle(term.value, dim, ops)
+        loss = loss + value if term.sign > 0 else loss - value
+        if term.grad is not term.value and not isinstance(term.grad, float):
+            value = per_particle(term.grad, dim, ops)
+        if not isinstance(term.grad, float):
+            surrogate = surrogate + value if term.sign > 0 else surrogate - value
+    return ops.stop_gradient(loss), surrogate
 
 
 def sum_to(items: Iterable[tuple[frozenset, Array]], target: frozenset, ops: ArrayOps) -> Array:
@@ -254,7 +266,7 @@ def site_costs(
     depends on), summed to its plates."""
     costs = {}
     for site in sites:
-        items = [(t.frames, t.value) for t, d in zip(terms, deps) if site.name in d]
+        items = [(t.frames, t.signed) for t, d in zip(terms, deps) if site.name in d]
         cost = sum_to(items, site.frames, ops)
         costs[site.name] = ops.stop_gradient(reduce_to(cost, ops.shape(site.log_q), ops))
     return costs

@@ -30,10 +30,13 @@ sample raises a ValueError (use Pyro's ``TraceEnum_ELBO``), rather than being dr
 
 from __future__ import annotations
 
+import math
 import warnings
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
+import pyro.ops.jit
 import torch
 from pyro.distributions import ImproperUniform
 from pyro.distributions.kl import kl_divergence
@@ -68,7 +71,7 @@ class _TorchOps:
 
     @staticmethod
     def total(x):
-        return x.sum().reshape(1) if isinstance(x, torch.Tensor) else torch.tensor([x])
+        return x.sum() if isinstance(x, torch.Tensor) else torch.tensor(x)
 
     @staticmethod
     def shape(x):
@@ -275,9 +278,9 @@ class EstimatorELBO(ELBO):
             if site["type"] == "sample":
                 latent = is_guide_latent(site)
                 score = latent and not site["fn"].has_rsample
-                guide.append(sg.Site(name, _frames(site), site["log_prob"], latent, score, site))
+                guide.append(sg.Site(name, _frames(site), site["log_prob"], latent, score, site, site["log_prob_sum"]))
         model = {
-            name: sg.Site(name, _frames(site), site["log_prob"], node=site)
+            name: sg.Site(name, _frames(site), site["log_prob"], node=site, total=site["log_prob_sum"])
             for name, site in model_trace.nodes.items()
             if site["type"] == "sample"
         }
@@ -292,7 +295,10 @@ class EstimatorELBO(ELBO):
         deps = [deps_of(t.value) for t in terms]
         if any(deps):  # tracked tensors: check the closed forms, and let the surrogate compute on plain ones
             sg.check_closed_forms(terms, deps)
-            terms = [sg.Term(t.site, t.frames, untrack(t.value), untrack(t.grad), t.closed_form) for t in terms]
+            terms = [
+                sg.Term(t.site, t.frames, untrack(t.value), untrack(t.grad), t.closed_form, t.sign, untrack(t.total))
+                for t in terms
+            ]
         # Pyro's score function is neither scaled nor masked (pyro #555; see ppl_reparam.surrogate). A
         # partially reparameterized site (a rejection sampler) has one beside its path derivative; its
         # sample is not tracked (such samplers may cache it by identity), so its cost holds every term.
@@ -325,7 +331,12 @@ class EstimatorELBO(ELBO):
                 learned.append((site.name, unscaled, ctx))
             surrogate = surrogate + sg.per_particle(sg.score_term(site, cost, b, OPS), dim, OPS)
         n = self.num_particles if dim is not None else 1
-        return _Particles(loss.expand(n), torch.as_tensor(surrogate).expand(n), terms, learned)
+        loss, surrogate = loss.reshape(-1), torch.as_tensor(surrogate).reshape(-1)
+        if loss.shape[0] != n:  # terms that do not vary across particles
+            loss = loss.expand(n)
+        if surrogate.shape[0] != n:
+            surrogate = surrogate.expand(n)
+        return _Particles(loss, surrogate, terms, learned)
 
     def particle_losses(
         self, model: Callable, guide: Callable, *args: Any, **kwargs: Any
@@ -437,3 +448,65 @@ class PathwiseELBO(EstimatorELBO):
     """
 
     estimator = "pathwise"
+
+
+class _Compiled:
+    """The ``pyro.ops.jit`` counterpart of an ELBO of this package, on the pattern of Pyro's
+    ``JitTrace_ELBO``: the mean loss and surrogate of :meth:`EstimatorELBO.particle_losses` are traced
+    once by :func:`pyro.ops.jit.trace` (per distinct ``**kwargs`` and model/guide pair) and replayed as a
+    TorchScript graph. The dependency tracking runs while tracing, so the graph holds each cost's exact
+    terms; the models must have static structure and take their tensors through ``*args``, as for
+    ``JitTrace_ELBO``. A baseline that learns (moving average, learned) updates Python state after
+    every step, which a compiled graph cannot: use the non-JIT class for those. Where the loss comes out
+    NaN or infinite, the step is rerun without JIT to name the site."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        if self.baseline is not None and type(self.baseline).update is not Baseline.update:
+            raise ValueError(
+                f"{type(self).__name__}: the baseline {self.baseline!r} learns from every step, which a compiled "
+                f"graph cannot do; use {type(self).__name__.removeprefix('Jit')} for it"
+            )
+        self._compiled: Callable | None = None
+
+    def _losses(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> tuple[torch.Tensor, ...]:
+        kwargs = {**kwargs, "_pyro_model_id": id(model), "_pyro_guide_id": id(guide)}
+        if self._compiled is None:
+            weakself = weakref.ref(self)
+
+            @pyro.ops.jit.trace(ignore_warnings=self.ignore_jit_warnings, jit_options=self.jit_options)
+            def losses(*args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+                kwargs.pop("_pyro_model_id")
+                kwargs.pop("_pyro_guide_id")
+                loss, surrogate = EstimatorELBO.particle_losses(weakself(), model, guide, *args, **kwargs)
+                return loss.mean(), surrogate.mean()
+
+            self._compiled = losses
+        return self._compiled(*args, **kwargs)
+
+    def _checked(self, loss: float, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> float:
+        if not math.isfinite(loss):
+            EstimatorELBO.particle_losses(self, model, guide, *args, **kwargs)  # names the site
+            raise ValueError("the loss is NaN or infinite (float overflow in the sum?)")
+        return loss
+
+    def particle_losses(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any):
+        loss, surrogate = self._losses(model, guide, args, kwargs)
+        self._checked(loss.item(), model, guide, args, kwargs)
+        return loss.reshape(1), surrogate.reshape(1)
+
+    def loss_and_grads(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
+        """Estimate the loss and accumulate the gradient estimate into the parameters' ``.grad``."""
+        loss, surrogate = self._losses(model, guide, args, kwargs)
+        surrogate.backward()
+        return self._checked(loss.item(), model, guide, args, kwargs)
+
+
+class JitScoreFunctionELBO(_Compiled, ScoreFunctionELBO):
+    """:class:`ScoreFunctionELBO` compiled with ``pyro.ops.jit`` (see :class:`_Compiled`): the same
+    gradients, on the same draws."""
+
+
+class JitPathwiseELBO(_Compiled, PathwiseELBO):
+    """:class:`PathwiseELBO` compiled with ``pyro.ops.jit`` (see :class:`_Compiled`): the same gradients,
+    on the same draws."""
