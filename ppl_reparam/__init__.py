@@ -27,4 +27,6 @@ BACKEND_API = (
     "force_estimator",
     "gradient_variance",
 )
-"""The public names of both backends (the Pyro one adds ``AmortizedNormal``, a torch module)."""
+"""The public names of both backends (the Pyro one adds ``AmortizedNormal``, a torch module, and the
+``pyro.ops.jit``-compiled ``JitScoreFunctionELBO`` and ``JitPathwiseELBO``; NumPyro's ELBOs run under
+``jax.jit`` as they are)."""

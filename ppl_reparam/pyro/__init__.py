@@ -3,10 +3,10 @@
 from .. import BACKEND_API
 from ..forcing import ESTIMATORS
 from .baselines import ConstantBaseline, LearnedBaseline, LeaveOneOutBaseline, MovingAverageBaseline
-from .elbo import PathwiseELBO, ScoreFunctionELBO
+from .elbo import JitPathwiseELBO, JitScoreFunctionELBO, PathwiseELBO, ScoreFunctionELBO
 from .guides import AmortizedNormal, MeanField
 from .handlers import EstimatorDistribution, force_estimator
 from .iwae import IWAE
 from .variance import compare_estimators, gradient_variance
 
-__all__ = ["AmortizedNormal", *BACKEND_API]  # the imports above re-export these (tests/test_imports.py)
+__all__ = ["AmortizedNormal", "JitPathwiseELBO", "JitScoreFunctionELBO", *BACKEND_API]  # the imports above re-export these (tests/test_imports.py)
