@@ -9,4 +9,5 @@ from .handlers import EstimatorDistribution, force_estimator
 from .iwae import IWAE
 from .variance import compare_estimators, gradient_variance
 
-__all__ = ["AmortizedNormal", "JitPathwiseELBO", "JitScoreFunctionELBO", *BACKEND_API]  # the imports above re-export these (tests/test_imports.py)
+# the imports above re-export these (tests/test_imports.py)
+__all__ = ["AmortizedNormal", "JitPathwiseELBO", "JitScoreFunctionELBO", *BACKEND_API]
