@@ -17,9 +17,11 @@ cost and not :math:`\log q_s` too (pyro #555), and :math:`\log q_s` is unmasked 
 score still multiplies unmasked terms downstream of it). Unlike NumPyro's ``Trace_ELBO``, which drops
 the score-function term, every non-reparameterized site gets it, discrete and guide-only (auxiliary)
 sites included. Reparameterized sites carry gradients through their samples (Kingma and Welling 2014;
-Rezende, Mohamed and Wierstra 2014). Particles are seeded as in NumPyro's ELBOs (each its own
-subsample), except with a leave-one-out baseline, whose particles share one minibatch (as Pyro's
-vectorized particles do) so that it compares them element by element.
+Rezende, Mohamed and Wierstra 2014). Each particle draws its own subsample, as in NumPyro's ELBOs,
+except with a leave-one-out baseline, whose particles share one minibatch (as Pyro's vectorized
+particles do) so that it compares them element by element. One particle is seeded exactly as in
+NumPyro's ELBOs, so its draws are theirs; several take their guide and model keys from separate splits
+(cheaper where the model draws nothing of its own).
 
 ``analytic_kl=False`` is Kingma and Welling's estimator A (the whole ELBO by Monte Carlo);
 ``analytic_kl=True`` is their estimator B: :math:`\mathrm{KL}(q_t \| p_t)` in closed form where
@@ -348,7 +350,7 @@ class EstimatorELBO(ELBO):
 
     def _particle(
         self,
-        key: jax.Array,
+        keys: tuple[jax.Array, jax.Array],
         param_map: dict,
         model: Callable,
         guide: Callable,
@@ -361,8 +363,6 @@ class EstimatorELBO(ELBO):
         each score-function site's log q, unscaled cost and scale. Fills ``info`` (static, known once
         traced) with each term's site and distribution and, with a baseline, each score-function
         site's name and the axes the baseline averages over."""
-        model_key, guide_key = random.split(key)  # as NumPyro's ELBOs, so that the draws are theirs
-        keys = (guide_key, model_key)
         model_trace, guide_trace = self._traces(keys, param_map, model, guide, args, kwargs, plates=info.get("plates"))
         terms, score_sites = self._terms(model_trace, guide_trace)
         loss, surrogate = sg.totals(terms, None, OPS)
@@ -431,13 +431,20 @@ class EstimatorELBO(ELBO):
             rng_key, plate_key = random.split(rng_key)
             info["plates"] = shared_subsamples(plate_key, param_map, model, guide, args, kwargs)
 
-        def particle(key: jax.Array) -> dict:
-            return self._particle(key, param_map, model, guide, args, kwargs, info)
+        def particle(keys: tuple[jax.Array, jax.Array]) -> dict:
+            return self._particle(keys, param_map, model, guide, args, kwargs, info)
 
+        # One particle is seeded as in NumPyro's own ELBOs (model key, then guide key), so that its draws
+        # are theirs (tests/test_tracegraph_equality.py). Several particles take their guide and model keys
+        # from two separate splits, so that XLA drops the model's when the model draws nothing of its own
+        # (its latents replayed from the guide): most of the cost of many cheap particles.
         if self.num_particles == 1:
-            out = jax.tree.map(lambda x: x[None], particle(rng_key))
+            model_key, guide_key = random.split(rng_key)
+            out = jax.tree.map(lambda x: x[None], particle((guide_key, model_key)))
         else:
-            out = self.vectorize_particles_fn(particle, random.split(rng_key, self.num_particles))
+            guide_key, model_key = random.split(rng_key)
+            keys = (random.split(guide_key, self.num_particles), random.split(model_key, self.num_particles))
+            out = self.vectorize_particles_fn(particle, keys)
         losses, surrogates = out["loss"], out["surrogate"]
         if not isinstance(losses, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(losses))):
             _raise_non_finite(out["sums"], info["labels"])
