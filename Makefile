@@ -29,9 +29,13 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 bench: $(STAMP)
+	$(PY) benchmarks/as_users_run.py
 	$(PY) benchmarks/toy_sweep.py
 	$(PY) benchmarks/toy_sweep_numpyro.py
 	$(PY) benchmarks/vae_step.py
+	$(PY) benchmarks/score_step.py
+	$(PY) benchmarks/jit_step.py
+	$(PY) benchmarks/vae_epoch_numpyro.py
 
 clean:
 	rm -rf $(VENV) results
