@@ -500,40 +500,31 @@ def _with_gradient_of(losses: jax.Array, surrogates: jax.Array) -> jax.Array:
 
 
 class ScoreFunctionELBO(EstimatorELBO):
-    r"""ELBO whose gradient uses the score-function (REINFORCE) estimator at every guide latent.
+    r"""A NumPyro ELBO whose gradient takes the score-function estimator at every guide latent, with
+    the surrogate of :mod:`ppl_reparam.surrogate` (maths and references there): unbiased on every
+    site, discrete and guide-only ones included, where NumPyro's ``Trace_ELBO`` drops the term; the
+    gradient of NumPyro's ``TraceGraph_ELBO`` on the same key but for the scale and mask of a site's
+    score (see the module). Usable with :class:`numpyro.infer.SVI` and under ``jax.jit``.
 
-    .. math:: \nabla_\phi E_q[f] = E_q[f(z)\, \nabla_\phi \log q_\phi(z)]
-
-    (Williams 1992; Paisley, Blei and Jordan 2012; Ranganath, Gerrish and Blei 2014). Unbiased on
-    every site, discrete ones and guide-only (auxiliary) sites included. With ``sites=[...]`` only the
-    named sites are forced; a site's own ``infer={"estimator": ...}`` is respected unless named.
-
-    :param int num_particles: samples per gradient estimate.
-    :param vectorize_particles: map the particles with ``jax.vmap`` (True, NumPyro's default),
-        ``jax.lax.map`` (False) or a callable ``(fn, keys) -> outputs``, as in NumPyro's ELBOs.
-    :param bool analytic_kl: closed-form KL / entropy (estimator B) instead of Monte Carlo
-        (estimator A); see :mod:`ppl_reparam.numpyro.elbo`.
-    :param sites: names of the guide sites to force (default: all).
-    :param baseline: a control variate for the score-function sites: a
-        :class:`~ppl_reparam.numpyro.baselines.Baseline`, a number (constant), ``"moving_average"``,
-        ``"rloo"`` (needs ``num_particles >= 2``) or ``"learned"``; see
-        :mod:`ppl_reparam.numpyro.baselines` (stateful ones need the guide wrapped by ``with_state``).
-    :param bool stl: sticking the landing at reparameterized sites (needs ``analytic_kl=False``).
+    :param num_particles: samples per estimate, mapped by ``jax.vmap`` (``vectorize_particles=True``,
+        NumPyro's default), ``jax.lax.map`` (False) or a callable ``(fn, keys) -> outputs``.
+    :param analytic_kl: closed-form KL or entropy (Kingma and Welling's estimator B), see the module.
+    :param sites: the guide sites to force (default: all); a site's own ``infer={"estimator": ...}``
+        holds unless named.
+    :param baseline: :mod:`ppl_reparam.numpyro.baselines` (stateful ones keep their state in NumPyro's
+        mutable state: wrap the guide with ``baseline.with_state``).
+    :param stl: sticking the landing at reparameterized sites.
     """
 
     estimator = "score"
 
 
 class PathwiseELBO(EstimatorELBO):
-    r"""ELBO whose gradient uses the pathwise (reparameterization) estimator at every guide latent.
-
-    .. math:: \nabla_\phi E_{q_\phi}[f] = E_{\epsilon}[\nabla_\phi f(g_\phi(\epsilon))],
-       \quad z = g_\phi(\epsilon)
-
-    (Kingma and Welling 2014; Rezende, Mohamed and Wierstra 2014; implicit reparameterization for
-    Gamma, Beta, Dirichlet: Figurnov, Mohamed and Mnih 2018). A site whose family has no
-    reparameterized sampler (e.g. Bernoulli, Categorical) raises a ValueError naming it; there is no
-    silent fallback to the score function. Options as in :class:`ScoreFunctionELBO`.
+    r"""A NumPyro ELBO whose gradient takes the pathwise (reparameterization) estimator at every guide
+    latent (implicit reparameterization for Gamma, Beta, Dirichlet through ``jax.random.gamma``): the
+    gradient of NumPyro's ``Trace_ELBO`` on a reparameterized guide and the same key. A site without a
+    reparameterized sampler is a ValueError naming it, never a silent fallback to the score function.
+    Options as :class:`ScoreFunctionELBO`'s.
     """
 
     estimator = "pathwise"

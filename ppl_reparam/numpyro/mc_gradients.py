@@ -1,29 +1,7 @@
-r"""Per-sample Monte Carlo gradients of an expectation in JAX/NumPyro (port of :mod:`ppl_reparam.pyro.mc_gradients`).
-
-Both functions estimate :math:`\nabla_\theta E_{q(x;\theta)}[f(x)]` for a function ``f`` that does
-not itself depend on :math:`\theta`, and return one gradient per sample, shape ``(num_samples, P)``,
-so that the caller can take the mean (the usual estimator) or measure the per-sample variance.
-
-- Score function (REINFORCE; Williams 1992, Glynn 1990), valid for any ``q`` with a differentiable
-  log density:
-
-  .. math:: \nabla_\theta E_q[f(x)] = E_q[f(x)\,\nabla_\theta \log q(x;\theta)],
-            \qquad \hat g_i = f(x_i)\,\nabla_\theta \log q(x_i;\theta),\; x_i \sim q.
-
-- Pathwise (reparameterization; Kingma and Welling 2014, Rezende et al. 2014), for ``q`` with
-  ``has_rsample``, :math:`x = g(\epsilon; \theta)` and a differentiable ``f``:
-
-  .. math:: \nabla_\theta E_q[f(x)] = E_\epsilon[f'(x)\,\nabla_\theta g(\epsilon;\theta)],
-            \qquad \hat g_i = \nabla_\theta f(g(\epsilon_i;\theta)).
-
-  For Gamma, Beta and Dirichlet, NumPyro samples with ``jax.random.gamma`` (Beta and Dirichlet by
-  normalising Gamma draws), whose derivative in the concentration is an implicit reparameterization
-  gradient (Figurnov, Mohamed and Mnih, "Implicit Reparameterization Gradients", NeurIPS 2018):
-  :math:`\nabla_\theta x = -\nabla_\theta F(x;\theta) / q(x;\theta)` with ``F`` the CDF, computed
-  without differentiating through the rejection sampler.
-
-Survey: Mohamed, Rosca, Figurnov and Mnih, "Monte Carlo Gradient Estimation in Machine Learning",
-JMLR 21(132), 2020, sections 4 and 5.
+r"""Per-sample Monte Carlo gradients of an expectation in JAX/NumPyro: the score-function and pathwise
+estimators of :mod:`ppl_reparam.mc_gradients` (maths and references there), one gradient per sample.
+NumPyro samples Beta and Dirichlet by normalising ``jax.random.gamma`` draws, so their pathwise
+gradient is the Gamma's implicit one pushed through the normalisation.
 
 How per-sample Jacobians come out: ``PRNGKey(seed)`` is split into ``num_samples`` keys, and
 ``jax.vmap`` maps, over the keys, ``jax.grad`` of the one-sample estimate at ``params`` (P,). So

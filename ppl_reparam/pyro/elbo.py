@@ -415,36 +415,31 @@ def _check_gradients(params: list[torch.Tensor], terms: list[sg.Term]) -> None:
 
 
 class ScoreFunctionELBO(EstimatorELBO):
-    r"""ELBO whose gradient uses the score-function (REINFORCE) estimator at every guide latent.
+    r"""A Pyro ELBO whose gradient takes the score-function (REINFORCE) estimator
+    :math:`E_q[f(z)\, \nabla_\phi \log q_\phi(z)]` at every guide latent (Williams 1992; Ranganath,
+    Gerrish and Blei 2014), Rao-Blackwellized as :mod:`ppl_reparam.surrogate` describes: unbiased on every
+    site, discrete and guide-only (auxiliary) ones included, and equal to Pyro's ``TraceGraph_ELBO`` on
+    the same draws. ``sites=[...]`` forces the named sites only (a site's own ``infer={"estimator":
+    ...}`` holds unless named).
 
-    .. math:: \nabla_\phi E_q[f] = E_q[f(z)\, \nabla_\phi \log q_\phi(z)]
-
-    (Williams 1992; Paisley, Blei and Jordan 2012; Ranganath, Gerrish and Blei 2014). Unbiased on
-    every site, discrete ones and guide-only (auxiliary) sites included. With ``sites=[...]`` only the
-    named sites are forced; a site's own ``infer={"estimator": ...}`` is respected unless named.
-
-    :param int num_particles: samples per gradient estimate.
-    :param bool vectorize_particles: draw the particles in one vectorized pass (needs
-        ``max_plate_nesting``-aware models, as in Pyro).
-    :param max_plate_nesting: as in Pyro; guessed from a first run when not given.
-    :param bool analytic_kl: closed-form KL / entropy (estimator B) instead of Monte Carlo
-        (estimator A); see :mod:`ppl_reparam.pyro.elbo`.
-    :param sites: names of the guide sites to force (default: all).
+    :param num_particles: samples per gradient estimate; ``vectorize_particles`` draws them in one pass
+        of Pyro's particle plate (models must respect ``max_plate_nesting``, guessed from a first run
+        when not given).
+    :param analytic_kl: closed-form KL or entropy (Kingma and Welling's estimator B), see the module.
+    :param baseline: :mod:`ppl_reparam.pyro.baselines` (a name, a number or an instance).
+    :param stl: sticking the landing at reparameterized sites.
     """
 
     estimator = "score"
 
 
 class PathwiseELBO(EstimatorELBO):
-    r"""ELBO whose gradient uses the pathwise (reparameterization) estimator at every guide latent.
-
-    .. math:: \nabla_\phi E_{q_\phi}[f] = E_{\epsilon}[\nabla_\phi f(g_\phi(\epsilon))],
-       \quad z = g_\phi(\epsilon)
-
-    (Kingma and Welling 2014; Rezende, Mohamed and Wierstra 2014; implicit reparameterization for
-    Gamma, Beta, Dirichlet: Figurnov, Mohamed and Mnih 2018). A site whose family has no ``rsample``
-    (e.g. Bernoulli, Categorical) raises a ValueError naming it; there is no silent fallback to the
-    score function. Options as in :class:`ScoreFunctionELBO`.
+    r"""A Pyro ELBO whose gradient takes the pathwise (reparameterization) estimator
+    :math:`E_\epsilon[\nabla_\phi f(g_\phi(\epsilon))]` at every guide latent (Kingma and Welling 2014;
+    Rezende, Mohamed and Wierstra 2014; implicit reparameterization for Gamma, Beta, Dirichlet:
+    Figurnov, Mohamed and Mnih 2018): equal to Pyro's ``Trace_ELBO`` on a reparameterized guide. A site
+    whose family has no ``rsample`` (Bernoulli, Categorical, ...) is a ValueError naming it: there is
+    no silent fallback to the score function. Options as :class:`ScoreFunctionELBO`'s.
     """
 
     estimator = "pathwise"
