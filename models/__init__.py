@@ -39,12 +39,18 @@ def pyro_vae(
 def numpyro_vae(
     kind: str, input_dim: int, hidden: Sequence[int], latent_dim: int, temperature: float | None = None
 ) -> Any:
-    """The NumPyro VAE ``kind`` (:func:`~ppl_reparam.models.vae_numpyro.make_vae`): an object with
-    ``model``, ``guide``, ``encode(params, x)`` and ``decode(params, z)``; its parameters are drawn by
-    ``SVI.init``."""
+    """The NumPyro VAE ``kind``: :func:`~ppl_reparam.models.vae_numpyro.make_vae` or
+    :func:`~ppl_reparam.models.discrete_vae_numpyro.make_discrete_vae` (at ``temperature``, None:
+    discrete). An object with ``model``, ``guide``, ``encode(params, x)`` (``(loc, scale)`` of the
+    Gaussian guide, logits of the Bernoulli one) and ``decode(params, z)``; the discrete VAE's
+    ``at(temperature)`` is the same model at another temperature, with the same parameter names. Its
+    parameters are drawn by ``SVI.init``; the same arguments give the same object (compiled code is
+    reused)."""
     _check_kind(kind, temperature)
     if kind == "discrete":
-        raise ValueError("--model discrete: the NumPyro backend has the gaussian VAE only (--backend pyro)")
+        from .discrete_vae_numpyro import make_discrete_vae
+
+        return make_discrete_vae(input_dim, tuple(hidden), latent_dim, temperature)
     from .vae_numpyro import make_vae
 
     return make_vae(input_dim, tuple(hidden), latent_dim)

@@ -8,6 +8,7 @@ interrupted run never leaves a half-written result.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -118,3 +119,116 @@ def gradient_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
                     }
                 )
     return rows
+
+
+def check_output_folder(path: str | os.PathLike[str], option: str = "--out") -> Path:
+    """``path`` as a folder that results can be written to (created if missing), checked before any work
+    starts; a ValueError naming ``option`` if it is a file, lies under one, or cannot be written."""
+    path = Path(path)
+    for existing in (path, *path.parents):
+        if existing.exists():
+            if not existing.is_dir():
+                where = "is" if existing == path else f"lies under {existing}, which is"
+                raise ValueError(f"{option} {path}: it {where} a file, not a folder; give a folder for the results")
+            break
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".write-probe.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ValueError(f"{option} {path}: cannot write there ({e.strerror or e}); give a writable folder") from None
+    return path
+
+
+def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporary files an interrupted atomic write left in ``folder`` (``.<name>.*.tmp``)."""
+    stale = [p for p in Path(folder).glob(".*.tmp") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+MANIFEST = "manifest.json"
+"""Written last by :class:`ResultSet`: the files of the last complete set of results, with digests."""
+
+
+def _manifest_files(path: Path) -> list[str]:
+    """The file names a manifest lists (none if it is missing or unreadable)."""
+    try:
+        files = json.loads(path.read_text()).get("files", {})
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [name for name in files if isinstance(name, str) and "/" not in name and not name.startswith(".")]
+
+
+class ResultSet:
+    """A command's result files, written as one set into ``folder``.
+
+    Files are written under the staging folder ``folder/.partial`` (:meth:`path` gives their names
+    there); on leaving the block without an error the old manifest is removed, each file is moved into
+    ``folder`` (``os.replace``), and a new :data:`MANIFEST` listing them with their SHA-256 digests is
+    written last. An interrupted run leaves the previous set as it was, or (interrupted while moving)
+    a folder without a manifest; the next run clears the staging folder and stale temporaries."""
+
+    def __init__(self, folder: str | os.PathLike[str], command: str):
+        self.folder = check_output_folder(folder)
+        self.command = command
+        self.staging = self.folder / ".partial"
+        self.files: list[Path] = []
+
+    def __enter__(self) -> ResultSet:
+        remove_stale_temporaries(self.folder)
+        if self.staging.exists():
+            for stale in self.staging.iterdir():
+                stale.unlink()
+        self.staging.mkdir(exist_ok=True)
+        return self
+
+    def path(self, name: str) -> Path:
+        """Where to write the result file ``name`` (in the staging folder)."""
+        return self.staging / name
+
+    def __exit__(self, kind: type | None, error: BaseException | None, traceback: Any) -> None:
+        if kind is not None:
+            return
+        staged = sorted(p for p in self.staging.iterdir() if p.is_file())
+        previous = self.folder / MANIFEST
+        old_files = set(_manifest_files(previous))
+        previous.unlink(missing_ok=True)
+        for name in old_files - {p.name for p in staged}:  # the last set's files this one does not have
+            (self.folder / name).unlink(missing_ok=True)
+        digests = {}
+        for p in staged:
+            digests[p.name] = hashlib.sha256(p.read_bytes()).hexdigest()
+            os.replace(p, self.folder / p.name)
+            self.files.append(self.folder / p.name)
+        self.staging.rmdir()
+        write_json({"command": self.command, "files": digests}, self.folder / MANIFEST)
+
+
+CHECKED_MAGIC = b"ppl-reparam checked file v1\n"
+
+
+def atomic_write_checked(path: str | os.PathLike[str], payload: bytes) -> Path:
+    """Write ``payload`` atomically behind a header and its SHA-256 digest, so that
+    :func:`read_checked` can tell a damaged file (flipped bytes, truncation) from a good one."""
+    return atomic_write_bytes(path, CHECKED_MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
+
+
+def read_checked(path: str | os.PathLike[str], what: str, remedy: str) -> bytes:
+    """The payload of a file written by :func:`atomic_write_checked`; a ValueError naming the file, what
+    it should be (``what``) and ``remedy`` if it is not one or its digest does not match."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read the {what} ({e.strerror or e}); {remedy}") from None
+    if not raw.startswith(CHECKED_MAGIC):
+        problem = "it is empty" if not raw else "it is not one written by this version of ppl-reparam"
+        raise ValueError(f"{path}: not a {what} ({problem}); {remedy}")
+    digest, _, payload = raw[len(CHECKED_MAGIC) :].partition(b"\n")
+    if hashlib.sha256(payload).hexdigest().encode() != digest:
+        raise ValueError(f"{path}: the {what} is damaged (its SHA-256 digest does not match: truncated or altered); "
+                         f"{remedy}")
+    return payload

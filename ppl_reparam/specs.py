@@ -65,11 +65,15 @@ def parse_spec(text: str) -> EstimatorSpec:
         raise ValueError(f"estimator spec {text!r}: particles must be positive")
     fields: dict = {}
     for option in options:
+        if (option.startswith("b=") or option in BASELINE_OPTIONS) and "baseline" in fields:
+            raise ValueError(f"estimator spec {text!r}: one baseline at most, got {option!r} after another")
         if option.startswith("b="):
             try:
                 fields["baseline"] = float(option[2:])
             except ValueError:
                 raise ValueError(f"estimator spec {text!r}: constant baseline {option!r} is not a number") from None
+            if not math.isfinite(fields["baseline"]):
+                raise ValueError(f"estimator spec {text!r}: the constant baseline must be finite, got {option!r}")
         elif option in BASELINE_OPTIONS:
             fields["baseline"] = BASELINE_OPTIONS[option]
         elif option == "akl":
@@ -200,10 +204,13 @@ def make_baseline(
     if spec is None or isinstance(spec, base):
         return spec
     if isinstance(spec, (int, float)) and not isinstance(spec, bool):
+        if not math.isfinite(spec):
+            raise ValueError(f"a constant baseline must be finite, got {spec!r}")
         return constant(spec)
-    if isinstance(spec, str) and spec in kinds:
-        return kinds[spec]()
+    if isinstance(spec, str) and BASELINE_OPTIONS.get(spec, spec) in kinds:
+        return kinds[BASELINE_OPTIONS.get(spec, spec)]()
+    names = sorted({*kinds, *BASELINE_OPTIONS})
     raise ValueError(
-        f"unknown baseline {spec!r}; expected one of {sorted(kinds)}, a number (a constant "
-        "baseline), a Baseline instance, or None"
+        f"unknown baseline {spec!r}; expected one of {names} (the spec names, e.g. 'ma', or the long ones), a "
+        "number (a constant baseline), a Baseline instance, or None"
     )

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +30,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .data import Dataset, load_dataset
+from .report import check_output_folder, remove_stale_temporaries
 from .study import VAEConfig, VAEResult, derived_seed
 
 IMAGES = 10
@@ -97,21 +99,52 @@ def _check_resume(meta: dict[str, Any], path: Path, config: VAEConfig, backend: 
         raise ValueError(f"--resume: {path} was made with other settings (checkpoint, now): {diff}")
 
 
+def check_complete(meta: dict[str, Any], runs: Sequence[Run], path: Path) -> None:
+    """Refuse a checkpoint whose runs are not exactly the runs being resumed (a backend's ``load``
+    calls this before restoring any run)."""
+    saved = [r.get("name") for r in meta.get("runs", [])] if isinstance(meta, dict) else None
+    if saved != [r.name for r in runs]:
+        raise ValueError(
+            f"--resume: {path} holds the runs {saved}, not the runs {[r.name for r in runs]} these settings train "
+            "(an incomplete or foreign checkpoint); run with --overwrite to start over"
+        )
+
+
 def train_vae(
     config: VAEConfig,
     out: str | os.PathLike[str],
     backend: StudyBackend,
     resume: bool = False,
     progress: bool | None = None,
+    overwrite: bool = False,
 ) -> VAEResult:
     """Train ``config``'s VAE once per estimator spec with ``backend`` (see the module docstring).
 
     ``out/<backend.checkpoint>`` is written after every epoch; ``resume=True`` continues from it (a
-    ValueError if it is missing, of the other backend, or made with other settings than ``config``,
-    ``epochs`` aside). A spec that cannot apply to the model is a ValueError before any training.
-    ``progress``: a progress bar (None: only on a terminal).
+    ValueError if it is missing, damaged, incomplete, of the other backend, or made with other settings
+    than ``config``, ``epochs`` aside). Without ``resume`` a folder that holds a checkpoint is refused
+    unless ``overwrite``. A spec that cannot apply to the model is a ValueError before any training.
+    ``progress``: False for silence; otherwise a progress bar on a terminal, and elsewhere (logs, CI,
+    ``| tee``) a line per epoch and per measurement on stderr.
     """
-    path = Path(out) / backend.checkpoint
+    folder = check_output_folder(out)
+    path = folder / backend.checkpoint
+    if not resume and path.exists() and not overwrite:
+        raise ValueError(
+            f"--out {folder} holds a run (its checkpoint {path.name}); pass --resume to continue it, --overwrite "
+            "to start over (its results are then replaced), or give another --out"
+        )
+    remove_stale_temporaries(folder)
+    terminal = sys.stderr.isatty()
+
+    def say(line: str) -> None:
+        """A progress line: above the bar on a terminal, on its own line elsewhere (logs, CI)."""
+        if progress is False:
+            return
+        if terminal:
+            tqdm.write(line, file=sys.stderr)
+        else:
+            print(f"vae ({backend.name}) {line}", file=sys.stderr, flush=True)
     data = load_dataset(config.data, seed=config.seed)
     train = data.train_probs if config.dynamic_binarization else data.train
     num_data = len(train)
@@ -128,6 +161,8 @@ def train_vae(
 
     def measure(epoch: int) -> None:
         for i, run in measured:
+            say(f"epoch {epoch}: measuring {len(runs)} estimators' gradients on the parameters of {run.name} "
+                f"({config.variance_reps} repetitions each)")
             seed = derived_seed(config.seed, epoch, i)
             rows, comparisons = backend.measure(run, runs, config, x_fixed, num_data, seed)
             variance.extend({"epoch": epoch, "trained_with": run.name, **r} for r in rows)
@@ -156,7 +191,7 @@ def train_vae(
     if not resume:
         save(0)
     bar = tqdm(range(start + 1, config.epochs + 1), desc=f"vae ({backend.name})", unit="epoch",
-               disable=None if progress is None else not progress)
+               disable=progress is False or not terminal)
     for epoch in bar:
         for run in runs:
             began = time.perf_counter()
@@ -166,6 +201,9 @@ def train_vae(
             measure(epoch)
         save(epoch)
         bar.set_postfix({f"test ELBO {r.name}": f"{r.history[-1]['test_elbo']:.2f}" for r in runs})
+        if not terminal:
+            say(f"epoch {epoch}/{config.epochs}: test ELBO " + ", ".join(
+                f"{r.name} {r.history[-1]['test_elbo']:.2f}" for r in runs))
     history = [h for epoch in range(config.epochs + 1) for r in runs for h in r.history if h["epoch"] == epoch]
     images = backend.images(runs, data.test[:IMAGES], config)
     return VAEResult(history, variance, comparison, images, runs, num_data, len(data.test))

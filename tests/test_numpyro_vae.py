@@ -269,8 +269,8 @@ def test_make_run_elbo_options_and_other_models():
     elbo = make_run_elbo("score+akl:4")
     assert isinstance(elbo, ScoreFunctionELBO) and elbo.num_particles == 4 and elbo.analytic_kl
     assert make_run_elbo(parse_spec("score+akl:4")) is elbo  # one object per spec
-    with pytest.raises(ValueError, match="gaussian VAE"):
-        train_vae_numpyro(VAEConfig(model="discrete", estimators=("score",)), "unused")
+    with pytest.raises(ValueError, match="unknown model 'beta'"):
+        models.numpyro_vae("beta", 64, (8,), 2)
 
 
 def test_bad_sizes_runs_and_checkpoints_are_refused(tmp_path):
@@ -298,7 +298,8 @@ def test_bad_sizes_runs_and_checkpoints_are_refused(tmp_path):
 
 
 def test_imports_without_torch_or_pyro():
-    """The NumPyro VAE and its training load neither torch nor Pyro (refused by an import hook here)."""
+    """The NumPyro VAEs, their training and `compare --backend numpyro`'s targets load neither torch nor
+    Pyro (refused by an import hook here)."""
     code = """
 import importlib.abc, sys
 class Refuse(importlib.abc.MetaPathFinder):
@@ -307,24 +308,25 @@ class Refuse(importlib.abc.MetaPathFinder):
             raise ImportError(name + " is blocked for this test")
 sys.meta_path.insert(0, Refuse())
 from ppl_reparam.models.vae_numpyro import make_vae
+from ppl_reparam.models.discrete_vae_numpyro import make_discrete_vae
 from ppl_reparam.numpyro.training import VAEStudy, make_run_elbo
 from ppl_reparam.training import train_vae
-print(make_vae().encoder.layers, make_run_elbo("score+ma"))
+from ppl_reparam.cli.compare import target_of
+print(make_vae().encoder.layers, make_run_elbo("score+ma"), make_discrete_vae(temperature=0.5).decoder.layers)
+print(target_of("numpyro", "toy", 0, 100, 2.0, None, None).params)
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert "encoder.net.0" in result.stdout
+    assert "encoder.net.0" in result.stdout and "decoder.net.2" in result.stdout and "'theta'" in result.stdout
 
 
-def test_vae_cli_backend_numpyro(tmp_path, capsys):
+def test_vae_cli_backend_numpyro(tmp_path):
     from ppl_reparam import cli
 
     args = ["vae", "--backend", "numpyro", "--epochs", "1", "--hidden", "16", "--latent-dim", "2",
             "--variance-reps", "0", "--test-particles", "4", "--out", str(tmp_path), "--quiet"]
     assert cli.main(args) == 0
     assert (tmp_path / "history.csv").exists() and (tmp_path / "checkpoint.npz").exists()
-    assert cli.main([*args[:-3], "--model", "discrete", "--out", str(tmp_path / "b"), "--quiet"]) == 2
-    assert "--backend pyro" in capsys.readouterr().err
 
 
 EVERY_SPEC = ("pathwise+stl", "score+akl", "score+b=3", "score+rloo:3", "score+ma", "score+learned", "iwae:3",

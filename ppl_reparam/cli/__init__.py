@@ -12,25 +12,32 @@ import sys
 from collections.abc import Sequence
 
 from . import compare, families, toy, vae
+from .common import OneLineParser
 
 COMMANDS = (toy, vae, compare, families)
 """Modules with ``add_parser(subparsers)``, which registers a subcommand whose ``func`` runs it."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="ppl-reparam",
         description="Score-function vs pathwise ELBO gradients in Pyro and NumPyro: measure "
         "their mean, variance, signal-to-noise and cost on identical models and guides.",
     )
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    subparsers = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=OneLineParser
+    )
     for command in COMMANDS:
         command.add_parser(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run the command of ``argv``; return its exit code (2 for any bad input, one line on stderr)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # --help (0) or a usage error (2), already printed
+        return int(done.code or 0)
     logging.getLogger("pyro").setLevel(logging.WARNING)
     try:
         args.func(args)

@@ -1,37 +1,46 @@
 r"""``ppl-reparam compare``: every estimator spec's gradient variance and cost on the same parameters.
 
 For one shipped model (``--model``) and a list of estimator specs (:mod:`ppl_reparam.specs`; and
-``relaxed+t=T[:K]`` for the discrete model), measure :func:`~ppl_reparam.pyro.gradient_variance` of
-each spec at the *same* parameter values, ``--reps`` independent estimates each (reverse mode, one
-estimate per pass, as in training, so that the seconds are comparable), and report per parameter
-group:
+``relaxed+t=T[:K]`` for the discrete model), measure the gradient variance of each spec at the *same*
+parameter values, ``--reps`` independent estimates each, through the backend ``--backend`` (``pyro``,
+the default: :func:`ppl_reparam.pyro.gradient_variance`, reverse mode, one estimate per pass, as in
+training, so that the seconds are comparable; ``numpyro``: :func:`ppl_reparam.numpyro.gradient_variance`,
+every repetition in one compiled ``vmap`` pass, timed without its compilation), and report per
+parameter group:
 
 - the **per-sample variance**: the total variance over the group's elements of the spec's estimate
   times its particles (so that specs with different particle counts compare per sample drawn), with
   a 95% bootstrap-t interval (:class:`~ppl_reparam.stats.GroupStats`);
 - the **variance x cost** (work-normalized variance): the total variance of the estimate times the
-  seconds one estimate takes; lower is better at equal computing time;
+  seconds one estimate takes; lower is better at equal computing time (compare seconds within one
+  backend: a NumPyro estimate's share of a vectorized pass is not a Pyro pass);
 - the mean SNR, and the ratio of each spec's per-sample variance to the reference's (``pathwise`` when
   measured, else ``score``) with the agreement of their means (the same objective must agree; IWAE
   bounds and relaxations are other objectives, so their disagreement is their bias w.r.t. the ELBO's
   gradient).
 
-Models:
+Models (each backend has its own implementation of each, with the same parameter names):
 
-- ``toy``: :class:`~ppl_reparam.models.toy_gaussian.ToyGaussian` at ``--theta`` (default 2): guide
-  N(theta, 1), flat prior and factor -x^2; one parameter, ``theta``.
-- ``vae``: the Gaussian VAE (:mod:`ppl_reparam.models.vae`, 64-128-8), ``decoder`` and ``encoder`` groups;
-- ``discrete``: the VAE with 16 Bernoulli latent bits (:mod:`ppl_reparam.models.discrete_vae`);
+- ``toy``: the toy Gaussian (:mod:`ppl_reparam.models.toy_gaussian`, ``toy_gaussian_numpyro``) at
+  ``--theta`` (default 2): guide N(theta, 1), flat prior and factor -x^2; one parameter, ``theta``.
+- ``vae``: the Gaussian VAE (:mod:`ppl_reparam.models.vae`, ``vae_numpyro``; 64-128-8), ``decoder`` and
+  ``encoder`` groups;
+- ``discrete``: the VAE with 16 Bernoulli latent bits (:mod:`ppl_reparam.models.discrete_vae`,
+  ``discrete_vae_numpyro``), each relaxed spec measured on the relaxation at its own temperature;
 
-both at their initial weights seeded by ``--seed`` (those ``ppl-reparam vae --seed`` starts from), or
-at a ``ppl-reparam vae`` run's weights with ``--checkpoint DIR/checkpoint.pt [--run SPEC]``, on the
-fixed batch of the first ``--batch-size`` training digits (the plate scaled to the training set).
+the VAEs at their initial weights seeded by ``--seed`` (those ``ppl-reparam vae --seed`` starts from in
+that backend: torch's and JAX's generators differ), or at a ``ppl-reparam vae`` run's weights with
+``--checkpoint DIR [--run SPEC]`` (``checkpoint.pt`` of a Pyro run, ``checkpoint.npz`` of a NumPyro
+run: each backend reads its own), on the fixed batch of the first ``--batch-size`` training digits
+(the plate scaled to the training set).
 
 A spec with a stateful baseline (``ma``, ``learned``, the latter a network of the batch ``x`` for the
 VAEs) first learns at these fixed parameters from ``--warmup`` training-free updates on the batch
-(the parameters do not move); from a checkpoint, the spec the run was trained with keeps its trained
-baseline. A spec that cannot apply (``pathwise`` on the discrete model, a relaxation of the Gaussian
-one, ...) is an error with the ELBO's own message, before anything is measured.
+(the parameters do not move; in NumPyro the state is NumPyro mutable state,
+:func:`ppl_reparam.numpyro.training.warm_up_baseline`); from a checkpoint, the spec the run was
+trained with keeps its trained baseline. A spec that cannot apply (``pathwise`` on the discrete model,
+a relaxation of the Gaussian one, ...) is an error with the ELBO's own message, before anything is
+measured.
 
 Files in ``--out``: ``compare.csv``, ``compare.json``, ``compare.md`` and ``compare.png`` (the two
 bar charts, log scale).
@@ -42,27 +51,56 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ..report import atomic_write_text, markdown_table, write_csv, write_json
-from ..stats import MIN_REPS
+from ..stats import MIN_REPS, GradientStats
 
 MODELS = ("toy", "vae", "discrete")
+BACKENDS = ("pyro", "numpyro")
+CHECKPOINTS = {"pyro": "checkpoint.pt", "numpyro": "checkpoint.npz"}
+"""Each backend's ``ppl-reparam vae`` checkpoint file."""
 DEFAULT_ESTIMATORS = {
     "toy": "score,score+rloo:4,score+ma,pathwise,pathwise+stl,iwae:5,iwae-vimco:5,iwae-dreg:5",
     "vae": "pathwise,pathwise+stl,score,score+rloo:4,iwae:5,iwae-dreg:5",
     "discrete": "score,score+rloo:4,score+ma,score+learned,iwae-vimco:4,relaxed+t=0.5,relaxed+t=1",
 }
 VAE_KIND = {"vae": "gaussian", "discrete": "discrete"}
+STATEFUL = ("moving_average", "learned")
+"""Baselines that learn, and so warm up before a measurement."""
+
+
+class Target(Protocol):
+    """What is measured, in one backend: the parameters, how each spec is checked and measured at
+    them, and the parameter groups."""
+
+    description: str
+    timing: str
+    """How the seconds were taken, for the printed header."""
+
+    def active(self) -> AbstractContextManager:
+        """A context that makes the parameters current while specs are checked and measured."""
+
+    def check(self, spec: Any) -> None:
+        """Raise the ELBO's own error if ``spec`` cannot apply to the model."""
+
+    def gradient_stats(self, spec: Any, reps: int, seed: int, warmup: int, warmup_seed: int,
+                       confidence: float) -> GradientStats:
+        """``reps`` gradient estimates of ``spec`` at the parameters, draws seeded by ``seed``; a stateful
+        baseline not trained with the parameters first takes ``warmup`` updates seeded by ``warmup_seed``."""
+
+    def groups(self, names: list[str]) -> dict[str, list[str]]:
+        """The parameter groups of the measured parameter names."""
 
 
 @dataclass
-class Target:
-    """What is measured: model and guide with their arguments, a context that makes their parameters
-    current, how a spec becomes an ELBO and a relaxation, and the parameter groups."""
+class PyroTarget:
+    """Pyro model and guide with their arguments, a context that makes their parameters current, how a
+    spec becomes an ELBO and a relaxation, the parameter groups, and the ELBOs of a trained run (by
+    spec: their baselines have learned)."""
 
     description: str
     model: Callable
@@ -74,6 +112,75 @@ class Target:
     relaxed: Callable[[Any], AbstractContextManager]
     groups: Callable[[list[str]], dict[str, list[str]]]
     trained: dict[str, Any] = field(default_factory=dict)
+    timing: str = "reverse mode, one estimate per pass"
+
+    def check(self, spec: Any) -> None:
+        import torch
+
+        from ..pyro.variance import isolated_rng
+
+        with self.relaxed(spec), isolated_rng(0), torch.no_grad():
+            self.make_elbo(spec).loss(self.model, self.guide, *self.args, **self.kwargs)
+
+    def gradient_stats(self, spec: Any, reps: int, seed: int, warmup: int, warmup_seed: int,
+                       confidence: float) -> GradientStats:
+        import torch
+
+        from ..pyro.variance import gradient_variance, isolated_rng
+
+        name = str(spec)
+        elbo = self.trained.get(name) or self.make_elbo(spec)
+        with self.relaxed(spec):
+            if spec.baseline in STATEFUL and name not in self.trained and warmup:
+                # the baseline learns the cost at these parameters; loss_and_grads under no_grad
+                # updates it and leaves the parameters and their .grad alone
+                with isolated_rng(warmup_seed), torch.no_grad():
+                    for _ in range(warmup):
+                        elbo.loss_and_grads(self.model, self.guide, *self.args, **self.kwargs)
+            return gradient_variance(elbo, self.model, self.guide, *self.args, num_reps=reps, seed=seed,
+                                     method="loop", confidence=confidence, **self.kwargs)
+
+
+@dataclass
+class NumPyroTarget:
+    """NumPyro parameter values, the model and guide each spec is measured on (``at``: at its relaxation
+    temperature), their arguments, how a spec becomes an ELBO, the parameter groups, and a trained run's
+    ELBO with the guide that carries its baseline's trained state (by spec)."""
+
+    description: str
+    at: Callable[[Any], tuple[Callable, Callable]]
+    params: dict[str, Any]
+    args: tuple
+    kwargs: dict
+    make_elbo: Callable[[Any], Any]
+    groups: Callable[[list[str]], dict[str, list[str]]]
+    trained: dict[str, tuple[Any, Callable]] = field(default_factory=dict)
+    timing: str = "NumPyro: every repetition in one compiled vmap pass, compilation excluded"
+
+    def active(self) -> AbstractContextManager:
+        return nullcontext()  # the parameters are passed explicitly
+
+    def check(self, spec: Any) -> None:
+        from ..numpyro.training import check_applies, with_baseline_state
+
+        model, guide = self.at(spec)
+        elbo = self.make_elbo(spec)
+        check_applies(elbo, model, with_baseline_state(elbo, guide), self.params, *self.args, **self.kwargs)
+
+    def gradient_stats(self, spec: Any, reps: int, seed: int, warmup: int, warmup_seed: int,
+                       confidence: float) -> GradientStats:
+        from ..numpyro.training import compiled_gradient_variance, warm_up_baseline
+
+        model, guide = self.at(spec)
+        name = str(spec)
+        if name in self.trained:
+            elbo, guide = self.trained[name]
+        else:
+            elbo = self.make_elbo(spec)
+            guide = warm_up_baseline(elbo, model, guide, self.params, *self.args, steps=warmup, seed=warmup_seed,
+                                     **self.kwargs)
+        return compiled_gradient_variance(elbo, model, guide, *self.args, params=self.params, num_reps=reps,
+                                          seed=seed, confidence=confidence, **self.kwargs)
 
 
 def parse_estimators(text: str, model: str) -> list:
@@ -93,7 +200,46 @@ def parse_estimators(text: str, model: str) -> list:
     return specs
 
 
-def _toy_target(theta: float) -> Target:
+def checkpoint_file(checkpoint: str, backend: str) -> Path:
+    """The ``backend``'s checkpoint that ``--checkpoint`` names (a file, or the folder of a ``vae`` run);
+    an error naming both backends when it is the other backend's."""
+    path = Path(checkpoint)
+    if path.is_dir():
+        own = path / CHECKPOINTS[backend]
+        others = [b for b in BACKENDS if b != backend and (path / CHECKPOINTS[b]).is_file()]
+        if not own.is_file() and others:
+            path = path / CHECKPOINTS[others[0]]
+        else:
+            path = own
+    other = next((b for b in BACKENDS if b != backend and path.name.endswith(Path(CHECKPOINTS[b]).suffix)), None)
+    if other is not None:
+        raise ValueError(f"--checkpoint {path} is a {CHECKPOINTS[other]} of the {other} backend; give --backend "
+                         f"{other} to measure it there (the {backend} backend reads its own {CHECKPOINTS[backend]})")
+    if not path.is_file():
+        raise FileNotFoundError(f"--checkpoint {path}: no such file (a `ppl-reparam vae --backend {backend}` run's "
+                                f"{CHECKPOINTS[backend]})")
+    return path
+
+
+def checkpoint_run(
+    path: Path, saved_config: dict[str, Any], names: list[str], kind: str, run_name: str | None
+) -> tuple[Any, int]:
+    """``(config, index)`` of the run ``run_name`` (None: the first) among a checkpoint's runs ``names``,
+    checked against the VAE ``kind`` asked for."""
+    from ..specs import parse_run_spec
+    from ..study import VAEConfig
+
+    config = VAEConfig(**VAEConfig.key_of_checkpoint(saved_config))
+    if config.model != kind:
+        raise ValueError(f"--checkpoint {path} holds the {config.model} VAE; give --model "
+                         f"{'discrete' if config.model == 'discrete' else 'vae'}")
+    name = str(parse_run_spec(run_name)) if run_name else names[0]
+    if name not in names:
+        raise ValueError(f"--run {name!r}: the checkpoint's runs are {names}")
+    return config, names.index(name)
+
+
+def _toy_target(theta: float) -> PyroTarget:
     import pyro
 
     from ..models.toy_gaussian import ToyGaussian
@@ -105,7 +251,7 @@ def _toy_target(theta: float) -> Target:
     def nothing(spec: Any) -> Iterator[None]:
         yield
 
-    return Target(
+    return PyroTarget(
         description=f"toy Gaussian at theta = {theta:g} (guide N(theta, 1), factor -x^2)",
         model=toy.model, guide=toy.guide, args=(), kwargs={},
         active=lambda: pyro.get_param_store().scope(),
@@ -115,40 +261,51 @@ def _toy_target(theta: float) -> Target:
     )
 
 
-def _vae_target(model: str, seed: int, batch_size: int, checkpoint: str | None, run_name: str | None) -> Target:
+def _numpyro_toy_target(theta: float) -> NumPyroTarget:
+    from jax import random
+
+    from ..models.toy_gaussian_numpyro import ToyGaussian
+    from ..numpyro.specs import make_elbo
+    from ..numpyro.variance import init_params
+
+    toy = ToyGaussian(theta)
+    params, _ = init_params(toy.model, toy.guide, random.PRNGKey(0))
+    return NumPyroTarget(
+        description=f"toy Gaussian at theta = {theta:g} (guide N(theta, 1), factor -x^2)",
+        at=lambda spec: (toy.model, toy.guide), params=params, args=(), kwargs={},
+        make_elbo=make_elbo, groups=lambda names: {"theta": names},
+    )
+
+
+def _initial_description(kind: str, dim: int, latent_dim: int, seed: int) -> str:
+    return f"{kind} VAE {dim}-128-{latent_dim} at its initial weights (seed {seed})"
+
+
+def _trained_description(kind: str, config: Any, dim: int, name: str, path: Path, epoch: int) -> str:
+    return (f"{kind} VAE {dim}-{'-'.join(map(str, config.hidden))}-{config.latent_dim}, "
+            f"run {name} of {path} at epoch {epoch}")
+
+
+def _vae_target(model: str, seed: int, batch_size: int, checkpoint: str | None, run_name: str | None) -> PyroTarget:
     import torch
 
     from .. import models
     from ..data import load_dataset
     from ..pyro.training import TrainingRun, VAEStudy, load_checkpoint, make_run_elbo, relaxation, temperature_of
     from ..pyro.variance import isolated_rng
-    from ..specs import parse_run_spec
-    from ..study import DEFAULT_LATENT_DIM, VAEConfig, group_names
+    from ..study import DEFAULT_LATENT_DIM, group_names
 
     kind = VAE_KIND[model]
     trained = {}
     if checkpoint is not None:
-        path = Path(checkpoint)
-        if path.is_dir():
-            path = path / "checkpoint.pt"
-        if not path.is_file():
-            raise FileNotFoundError(f"--checkpoint {path}: no such file (a `ppl-reparam vae` run's checkpoint.pt)")
+        path = checkpoint_file(checkpoint, "pyro")
         state = load_checkpoint(path)
-        config = VAEConfig(**VAEConfig.key_of_checkpoint(state["config"]))
-        if config.model != kind:
-            raise ValueError(f"--checkpoint {path} holds the {config.model} VAE; give --model "
-                             f"{'discrete' if config.model == 'discrete' else 'vae'}")
-        names = [r["name"] for r in state["runs"]]
-        name = str(parse_run_spec(run_name)) if run_name else names[0]
-        if name not in names:
-            raise ValueError(f"--run {name!r}: the checkpoint's runs are {names}")
+        config, index = checkpoint_run(path, state["config"], [r["name"] for r in state["runs"]], kind, run_name)
         data = load_dataset(config.data, seed=config.seed)
-        index = names.index(name)
         run = VAEStudy(models.pyro_vae).build_runs(config, data)[index]
         run.load_state_dict(state["runs"][index])
         trained = {run.name: run.elbo}
-        description = (f"{kind} VAE {data.dim}-{'-'.join(map(str, config.hidden))}-{config.latent_dim}, "
-                       f"run {run.name} of {path} at epoch {run.epoch}")
+        description = _trained_description(kind, config, data.dim, run.name, path, run.epoch)
     else:
         if run_name is not None:
             raise ValueError("--run picks a run of --checkpoint; give --checkpoint too")
@@ -157,10 +314,10 @@ def _vae_target(model: str, seed: int, batch_size: int, checkpoint: str | None, 
         with isolated_rng(seed):
             vae_model, guide = models.pyro_vae(kind, data.dim, (128,), latent_dim)
         run = TrainingRun("initial", vae_model, guide, make_run_elbo("score"), lr=1e-3, seed=seed)
-        description = f"{kind} VAE {data.dim}-128-{latent_dim} at its initial weights (seed {seed})"
+        description = _initial_description(kind, data.dim, latent_dim, seed)
     x = torch.from_numpy(data.train[: min(batch_size, len(data.train))])
     description += f"; fixed batch of the first {len(x)} of {len(data.train)} training digits"
-    return Target(
+    return PyroTarget(
         description=description, model=run.model, guide=run.guide, args=(x,),
         kwargs={"num_data": len(data.train)}, active=run.active, make_elbo=make_run_elbo,
         relaxed=lambda spec: relaxation(run.model, run.guide, temperature_of(spec)),
@@ -169,40 +326,77 @@ def _vae_target(model: str, seed: int, batch_size: int, checkpoint: str | None, 
     )
 
 
+def _numpyro_vae_target(
+    model: str, seed: int, batch_size: int, checkpoint: str | None, run_name: str | None
+) -> NumPyroTarget:
+    from .. import models
+    from ..data import load_dataset
+    from ..numpyro.training import VAEStudy, load_checkpoint, make_run_elbo, run_arrays, temperature_of
+    from ..study import DEFAULT_LATENT_DIM, VAEConfig, group_names
+
+    kind = VAE_KIND[model]
+    study = VAEStudy(models.numpyro_vae)
+    trained = {}
+    if checkpoint is not None:
+        path = checkpoint_file(checkpoint, "numpyro")
+        meta, arrays = load_checkpoint(path)
+        config, index = checkpoint_run(path, meta["config"], [r["name"] for r in meta["runs"]], kind, run_name)
+        data = load_dataset(config.data, seed=config.seed)
+        run = study.build_runs(config, data)[index]
+        run.load_state_dict(meta["runs"][index], run_arrays(arrays, index))
+        trained = {run.name: (run.elbo, run.trained_guide)}
+        description = _trained_description(kind, config, data.dim, run.name, path, run.epoch)
+    else:
+        if run_name is not None:
+            raise ValueError("--run picks a run of --checkpoint; give --checkpoint too")
+        data = load_dataset("digits", seed=seed)
+        config = VAEConfig(model=kind, estimators=("score",), latent_dim=DEFAULT_LATENT_DIM[kind], seed=seed)
+        run = study.build_runs(config, data)[0]  # the weights `vae --backend numpyro --seed` starts from
+        description = _initial_description(kind, data.dim, config.latent_dim, seed)
+    x = data.train[: min(batch_size, len(data.train))]
+    description += f"; fixed batch of the first {len(x)} of {len(data.train)} training digits"
+
+    def at(spec: Any) -> tuple[Callable, Callable]:
+        vae = study.model_at(temperature_of(spec))
+        return vae.model, vae.guide
+
+    return NumPyroTarget(
+        description=description, at=at, params=run.params, args=(x,), kwargs={"num_data": len(data.train)},
+        make_elbo=make_run_elbo, groups=group_names, trained=trained,
+    )
+
+
+def target_of(backend: str, model: str, seed: int, batch_size: int, theta: float, checkpoint: str | None,
+              run_name: str | None) -> Target:
+    """The :class:`Target` of ``--backend`` and ``--model`` (the options of the same names)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    if model == "toy":
+        return _toy_target(theta) if backend == "pyro" else _numpyro_toy_target(theta)
+    make = _vae_target if backend == "pyro" else _numpyro_vae_target
+    return make(model, seed, batch_size, checkpoint, run_name)
+
+
 def measure(
     target: Target, specs: list, reps: int, seed: int, warmup: int = 1000, confidence: float = 0.95,
     progress: bool = False,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Rows per spec and parameter group (:func:`~ppl_reparam.pyro.training.group_rows`) and the
-    comparisons with the reference (:func:`~ppl_reparam.pyro.training.comparison_rows`), every spec
-    at the same parameters, spec ``j`` seeded by ``(seed, j)``."""
-    import torch
+    """Rows per spec and parameter group (:func:`~ppl_reparam.study.group_rows`) and the comparisons
+    with the reference (:func:`~ppl_reparam.study.comparison_rows`), every spec at the same parameters
+    of ``target`` (either backend's), spec ``j`` seeded by ``(seed, j)`` and its warm-up by ``(seed, j,
+    1)``. Every spec is checked before any is measured."""
     from tqdm.auto import tqdm
 
-    from ..pyro.variance import gradient_variance, isolated_rng
     from ..study import comparison_rows, derived_seed, group_rows
 
     names = {str(s): s for s in specs}
     stats = {}
     with target.active():
-        elbos = {}
-        for name, spec in names.items():  # every spec applies, or the ELBO's error before any work
-            elbos[name] = target.trained.get(name) or target.make_elbo(spec)
-            with target.relaxed(spec), isolated_rng(seed), torch.no_grad():
-                target.make_elbo(spec).loss(target.model, target.guide, *target.args, **target.kwargs)
+        for spec in names.values():  # every spec applies, or the ELBO's error before any work
+            target.check(spec)
         for j, (name, spec) in enumerate(tqdm(names.items(), desc="compare", disable=not progress)):
-            elbo = elbos[name]
-            with target.relaxed(spec):
-                if spec.baseline in ("moving_average", "learned") and name not in target.trained and warmup:
-                    # the baseline learns the cost at these parameters; loss_and_grads under no_grad
-                    # updates it and leaves the parameters and their .grad alone
-                    with isolated_rng(derived_seed(seed, j, 1)), torch.no_grad():
-                        for _ in range(warmup):
-                            elbo.loss_and_grads(target.model, target.guide, *target.args, **target.kwargs)
-                stats[name] = gradient_variance(
-                    elbo, target.model, target.guide, *target.args, num_reps=reps, seed=derived_seed(seed, j),
-                    method="loop", confidence=confidence, **target.kwargs,
-                )
+            stats[name] = target.gradient_stats(spec, reps, derived_seed(seed, j), warmup, derived_seed(seed, j, 1),
+                                                confidence)
     groups = target.groups(list(next(iter(stats.values()))))
     rows = [
         {"measured": name, **row}
@@ -252,16 +446,13 @@ def run(args: argparse.Namespace) -> None:
 
     with threads(args.threads):
         began = time.perf_counter()
-        if args.model == "toy":
-            target = _toy_target(args.theta)
-        else:
-            target = _vae_target(args.model, args.seed, args.batch_size, args.checkpoint, args.run)
+        target = target_of(args.backend, args.model, args.seed, args.batch_size, args.theta, args.checkpoint, args.run)
         rows, comparison = measure(target, specs, args.reps, args.seed, args.warmup, progress=not args.quiet)
         seconds = time.perf_counter() - began
-    header = (f"Gradient variance on {target.description}: {args.reps} repetitions per estimator, seed {args.seed}; "
-              "per-sample variance = total variance over the group's elements x particles (95% bootstrap-t "
-              "CI); variance x seconds = total variance x seconds per estimate (reverse mode, one estimate per "
-              f"pass, {args.threads} thread(s)).")
+    header = (f"Gradient variance on {target.description} ({args.backend}): {args.reps} repetitions per estimator, "
+              f"seed {args.seed}; per-sample variance = total variance over the group's elements x particles (95% "
+              "bootstrap-t CI); variance x seconds = total variance x seconds per estimate "
+              f"({target.timing}, {args.threads} thread(s)).")
     table = summary_table(rows, comparison)
     print(header)
     print(table)
@@ -270,11 +461,13 @@ def run(args: argparse.Namespace) -> None:
 
     files = [
         write_csv(rows, out / "compare.csv"),
-        write_json({"model": args.model, "parameters": target.description, "reps": args.reps, "seed": args.seed,
+        write_json({"model": args.model, "backend": args.backend, "parameters": target.description,
+                    "reps": args.reps, "seed": args.seed,
                     "warmup": args.warmup, "threads": args.threads, "seconds": seconds, "rows": rows,
                     "comparison": comparison}, out / "compare.json"),
         atomic_write_text(out / "compare.md", f"{header}\n\n{table}\n"),
-        plot_compare(rows, out / "compare.png", f"{target.description}\n{args.reps} repetitions per estimator"),
+        plot_compare(rows, out / "compare.png",
+                     f"{target.description} ({args.backend})\n{args.reps} repetitions per estimator"),
     ]
     print("wrote " + ", ".join(str(f) for f in files))
 
@@ -296,8 +489,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", default="results/compare", help="folder for compare.csv/.json/.md/.png")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch and BLAS")
     parser.add_argument("--theta", type=float, default=2.0, help="the toy guide's mean")
+    parser.add_argument("--backend", choices=BACKENDS, default="pyro",
+                        help="measure through Pyro (torch) or NumPyro (JAX): each has its own models")
     parser.add_argument("--checkpoint", default=None,
-                        help="a `ppl-reparam vae` checkpoint.pt (or its folder): measure at its weights")
+                        help="a `ppl-reparam vae` run's checkpoint (or its folder) of the same --backend: "
+                        "checkpoint.pt (pyro) or checkpoint.npz (numpyro); measure at its weights")
     parser.add_argument("--run", default=None, help="which run of --checkpoint, by its spec (None: the first)")
     parser.add_argument("--batch-size", type=int, default=100, help="rows of the fixed batch (VAEs)")
     parser.add_argument("--warmup", type=int, default=1000,

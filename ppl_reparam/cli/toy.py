@@ -17,16 +17,15 @@ import argparse
 import math
 from collections.abc import Sequence
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from .. import analytic
-from ..report import markdown_table, write_csv, write_json
+from ..report import ResultSet, check_output_folder, markdown_table, write_csv, write_json
 from ..specs import EstimatorSpec, parse_spec, parse_specs
 from ..stats import GradientStats
-from .common import at_least, threads
+from .common import SPEC_HELP, HelpFormatter, at_least, check_particles, number, threads
 
 DEFAULT_SAMPLES = (10, 100, 1000, 10000, 100000)
 DEFAULT_SPECS = "score+akl,pathwise+akl"
@@ -145,27 +144,31 @@ def summary_table(rows: Sequence[dict[str, Any]]) -> str:
 def run(args: argparse.Namespace) -> None:
     specs = parse_specs(args.estimators)
     if any(spec.is_iwae for spec in specs):
-        raise ValueError("the toy sweep takes score and pathwise specs; compare IWAE with `ppl-reparam compare`")
+        raise ValueError("--estimators: the toy sweep takes score and pathwise specs; compare IWAE with "
+                         "`ppl-reparam compare --model toy`")
+    learning = [str(s) for s in specs if s.baseline in ("moving_average", "learned")]
+    if learning:
+        raise ValueError(f"--estimators {learning}: a baseline that learns would be measured untrained here (the "
+                         "same numbers as plain score); `ppl-reparam compare --model toy` warms it up first")
     samples = parse_samples(args.samples)
-    if args.reps < 5:
-        raise ValueError(f"--reps must be at least 5 (for the variance interval), got {args.reps}")
+    for n in samples:
+        check_particles("--samples", n)
+    out = check_output_folder(args.out)
     backends = BACKENDS if args.backend == "both" else (args.backend,)
     if "pyro" in backends:
         import torch  # noqa: F401  (loaded before the thread policy, so that it reaches torch)
     with threads(args.threads):
         rows = sweep(args.theta, samples, args.reps, specs, args.seed, progress=not args.quiet, backends=backends)
-    out = Path(args.out)
     print(f"Toy problem: d/dtheta E[x^2], x ~ N({args.theta}, 1); {args.reps} repetitions, seed {args.seed}; "
           f"exact gradient {2 * args.theta:g}")
     print(summary_table(rows))
     from ..plots import plot_toy_sweep
 
-    files = [
-        write_csv(rows, out / "toy.csv"),
-        write_json({"theta": args.theta, "reps": args.reps, "seed": args.seed, "rows": rows}, out / "toy.json"),
-        plot_toy_sweep(rows, out / "toy.png", theta=args.theta, reps=args.reps),
-    ]
-    print("wrote " + ", ".join(str(f) for f in files))
+    with ResultSet(out, "toy") as results:
+        write_csv(rows, results.path("toy.csv"))
+        write_json({"theta": args.theta, "reps": args.reps, "seed": args.seed, "rows": rows}, results.path("toy.json"))
+        plot_toy_sweep(rows, results.path("toy.png"), theta=args.theta, reps=args.reps)
+    print("wrote " + ", ".join(str(f) for f in results.files))
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -173,15 +176,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "toy",
         help="the classic toy Gaussian table: gradient mean and variance against N",
         description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
+        epilog=SPEC_HELP,
     )
-    parser.add_argument("--theta", type=float, default=2.0, help="mean of the guide N(theta, 1)")
+    parser.add_argument("--theta", type=number(-1e3, 1e3), default=2.0, help="mean of the guide N(theta, 1)")
     parser.add_argument("--samples", default=",".join(map(str, DEFAULT_SAMPLES)),
                         help="comma-separated sample sizes N")
-    parser.add_argument("--reps", type=int, default=100, help="repetitions per N")
+    parser.add_argument("--reps", type=number(5, 10**6, integer=True), default=100, help="repetitions per N")
     parser.add_argument("--estimators", default=DEFAULT_SPECS,
-                        help="comma-separated estimator specs (see ppl_reparam.specs), particles set by N")
-    parser.add_argument("--seed", type=int, default=0)
+                        help="comma-separated estimator specs (below), particles set by N")
+    parser.add_argument("--seed", type=number(0, 2**32 - 1, integer=True), default=0)
     parser.add_argument("--backend", choices=[*BACKENDS, "both"], default="pyro",
                         help="Pyro, NumPyro, or both side by side in the table and plot")
     parser.add_argument("--out", default="results", help="folder for toy.csv, toy.json and toy.png")

@@ -47,11 +47,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..report import markdown_table, write_csv, write_json
+from ..report import ResultSet, check_output_folder, markdown_table, write_csv, write_json
 from ..specs import RelaxedSpec, RunSpec, parse_run_spec, parse_spec
 from ..stats import MIN_REPS
 from ..study import DEFAULT_LATENT_DIM, MODELS, VAEConfig, VAEResult
-from .common import at_least, int_list, sigterm_as_interrupt, threads
+from .common import SPEC_HELP, HelpFormatter, int_list, number, sigterm_as_interrupt, threads
 
 DEFAULT_ESTIMATORS = {
     ("gaussian", False): "pathwise",
@@ -110,6 +110,8 @@ def config_from_args(args: argparse.Namespace) -> VAEConfig:
         default = "vimco" if args.model == "discrete" else "pathwise"
     else:
         default = DEFAULT_ESTIMATORS[args.model, args.compare]
+    if args.estimator is not None and not args.estimator.strip(" ,"):
+        raise ValueError("--estimator: no estimator spec given (leave the option out for the defaults)")
     estimators = resolve_estimators(args.estimator or default, objective, args.k, args.num_particles,
                                     args.analytic_kl)
     measure_on = tuple(m.strip() for m in (args.measure_on or "").split(",") if m.strip())
@@ -130,7 +132,8 @@ def _test_elbo_estimator(config: VAEConfig) -> str:
 
 
 def write_results(result: VAEResult, config: VAEConfig, out: Path) -> list[Path]:
-    """history.csv, variance.csv, comparison.csv, results.json and the figures, each atomically."""
+    """history.csv, variance.csv, comparison.csv, results.json and the figures, as one set
+    (:class:`~ppl_reparam.report.ResultSet`: staged, moved into place, a manifest written last)."""
     from ..plots import plot_elbo_and_variance, plot_elbo_curves, plot_group_variance, plot_image_grid
 
     history = []
@@ -140,33 +143,29 @@ def write_results(result: VAEResult, config: VAEConfig, out: Path) -> list[Path]
         if config.model == "discrete":
             row |= {"relaxed_test_elbo": h["relaxed_test_elbo"], "relaxed_test_elbo_se": h["relaxed_test_elbo_se"]}
         history.append(row | {"seconds": h["seconds"]})
-    files = [write_csv(history, out / "history.csv")]
-    if result.variance:
-        files.append(write_csv(result.variance, out / "variance.csv"))
-    if result.comparison:
-        files.append(write_csv(result.comparison, out / "comparison.csv"))
-    files.append(
-        write_json(
-            {
-                "config": config.key(),
-                "elbo_units": "nats per image",
-                "test_elbo_estimator": _test_elbo_estimator(config),
-                "num_train": result.num_train,
-                "num_test": result.num_test,
-                "history": history,
-                "variance": result.variance,
-                "comparison": result.comparison,
-            },
-            out / "results.json",
-        )
-    )
+    summary = {
+        "config": config.key(),
+        "elbo_units": "nats per image",
+        "test_elbo_estimator": _test_elbo_estimator(config),
+        "num_train": result.num_train,
+        "num_test": result.num_test,
+        "history": history,
+        "variance": result.variance,
+        "comparison": result.comparison,
+    }
     test_label = f"test{' discrete' if config.model == 'discrete' else ''} ELBO ({config.test_particles} particles)"
-    files.append(plot_elbo_curves(result.history, out / "elbo.png", test_label))
-    if result.variance:
-        files.append(plot_group_variance(result.variance, out / "variance.png"))
-        files.append(plot_elbo_and_variance(result.history, result.variance, out / "summary.png", test_label))
-    files.append(plot_image_grid(result.images, out / "images.png"))
-    return files
+    with ResultSet(out, "vae") as results:
+        write_csv(history, results.path("history.csv"))
+        write_json(summary, results.path("results.json"))
+        if result.variance:
+            write_csv(result.variance, results.path("variance.csv"))
+            plot_group_variance(result.variance, results.path("variance.png"))
+            plot_elbo_and_variance(result.history, result.variance, results.path("summary.png"), test_label)
+        if result.comparison:
+            write_csv(result.comparison, results.path("comparison.csv"))
+        plot_elbo_curves(result.history, results.path("elbo.png"), test_label)
+        plot_image_grid(result.images, results.path("images.png"))
+    return results.files
 
 
 def _last_measured(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -175,6 +174,13 @@ def _last_measured(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return []
     epoch, trained = rows[-1]["epoch"], rows[0]["trained_with"]
     return [r for r in rows if r["epoch"] == epoch and r["trained_with"] == trained]
+
+
+def _agreement(c: dict[str, Any]) -> str:
+    """Whether two estimators' means agree: the flag printed beside a comparison row."""
+    if not c["same_objective"]:
+        return "n/a (a different objective: the gap is its bias)"
+    return "agree" if c["means_max_abs_z"] <= c["means_bonferroni_z"] else "DISAGREE (beyond the bound)"
 
 
 def summary(result: VAEResult, config: VAEConfig) -> str:
@@ -213,19 +219,26 @@ def summary(result: VAEResult, config: VAEConfig) -> str:
          "reference": c["reference"], "group": c["group"], "ratio": f"{c['variance_ratio']:.4g}",
          "95% CI": f"[{c['ratio_ci_low']:.4g}, {c['ratio_ci_high']:.4g}]",
          "same objective": "yes" if c["same_objective"] else "no",
-         "means: max |z| (Bonferroni bound)": f"{c['means_max_abs_z']:.2f} ({c['means_bonferroni_z']:.2f})"}
+         "means: max |z| (Bonferroni bound)": f"{c['means_max_abs_z']:.2f} ({c['means_bonferroni_z']:.2f})",
+         "means": _agreement(c)}
         for c in result.comparison if c["epoch"] in ends
     ]
     if rows:
         lines += ["", "Per-sample total gradient variance over the reference estimator's on the same parameters, "
                   f"{config.variance_reps} repetitions each, 95% bootstrap-t CI; means of the same objective "
                   "must agree (max |z| below the bound):", markdown_table(rows)]
+        if any(r["means"].startswith("DISAGREE") for r in rows):
+            lines.append("DISAGREE: two estimators of the same gradient whose means differ beyond the bound; "
+                         "with few repetitions a heavy-tailed estimator can do this by chance, otherwise one is "
+                         "biased: rerun with more --variance-reps before trusting the ratios.")
     return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> None:
     config = config_from_args(args)
-    out = Path(args.out)
+    out = check_output_folder(args.out)
+    if args.resume and args.overwrite:
+        raise ValueError("--resume continues a run and --overwrite starts one over: give one of them")
     from .. import models
     from ..training import train_vae
 
@@ -238,7 +251,8 @@ def run(args: argparse.Namespace) -> None:
 
         backend = VAEStudy(models.pyro_vae)
     with threads(args.threads), sigterm_as_interrupt():
-        result = train_vae(config, out, backend, resume=args.resume, progress=False if args.quiet else None)
+        result = train_vae(config, out, backend, resume=args.resume, progress=False if args.quiet else None,
+                           overwrite=args.overwrite)
     what = "Bernoulli latent bits" if config.model == "discrete" else "Gaussian latents"
     sizes = "-".join(map(str, (result.images[0][1].shape[1], *config.hidden, config.latent_dim)))
     test = ("a Monte Carlo estimate of the discrete ELBO" if config.model == "discrete"
@@ -256,7 +270,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="train a VAE (Gaussian or binary latents) on binarized digits with estimator specs; compare "
         "their gradient variance",
         description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
+        epilog=SPEC_HELP,
     )
     parser.add_argument("--model", choices=MODELS, default="gaussian",
                         help="gaussian: Kingma and Welling's VAE; discrete: Bernoulli latent bits")
@@ -266,38 +281,43 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         + "; ".join(f"{m}: {DEFAULT_ESTIMATORS[m, True]}" for m in MODELS))
     parser.add_argument("--objective", choices=("elbo", "iwae"), default="elbo",
                         help="iwae: --estimator takes pathwise, score, vimco or dreg and means iwae[-vimco|-dreg]:K")
-    parser.add_argument("--k", type=at_least(2), default=None, help="IWAE samples K with --objective iwae (default 5)")
+    parser.add_argument("--k", type=number(2, 10**4, integer=True),
+                        default=None, help="IWAE samples K with --objective iwae (default 5)")
     parser.add_argument("--compare", action="store_true",
                         help="one model per estimator from the same initial weights; measure every estimator on each")
     parser.add_argument("--measure-on", default=None,
                         help="comma list of trained estimators whose parameters are measured (default: every run)")
     parser.add_argument("--analytic-kl", action="store_true",
                         help="closed-form KL (estimator B) instead of Monte Carlo (A): +akl on every spec")
-    parser.add_argument("--epochs", type=at_least(1), default=VAEConfig.epochs, help="passes over the data")
-    parser.add_argument("--batch-size", type=at_least(1), default=VAEConfig.batch_size, help="minibatch size")
-    parser.add_argument("--latent-dim", type=at_least(1), default=None,
+    parser.add_argument("--epochs", type=number(1, 10**6, integer=True),
+                        default=VAEConfig.epochs, help="passes over the data")
+    parser.add_argument("--batch-size", type=number(1, 10**6, integer=True),
+                        default=VAEConfig.batch_size, help="minibatch size")
+    parser.add_argument("--latent-dim", type=number(1, 10**4, integer=True), default=None,
                         help="size of z; None: " + ", ".join(f"{v} ({m})" for m, v in DEFAULT_LATENT_DIM.items()))
     parser.add_argument("--hidden", type=int_list, default=",".join(map(str, VAEConfig.hidden)),
                         help="hidden layer sizes, comma-separated (encoder order; the decoder mirrors them)")
-    parser.add_argument("--lr", type=float, default=VAEConfig.lr, help="Adam learning rate")
-    parser.add_argument("--num-particles", type=at_least(1), default=None,
+    parser.add_argument("--lr", type=number(0, 10, open_low=True), default=VAEConfig.lr, help="Adam learning rate")
+    parser.add_argument("--num-particles", type=number(1, 10**6, integer=True), default=None,
                         help="samples per gradient estimate for specs without ':K' (an error with one that has it)")
     parser.add_argument("--data", default=VAEConfig.data, help="digits, or a path to an MNIST IDX or .npz file")
-    parser.add_argument("--seed", type=int, default=VAEConfig.seed,
+    parser.add_argument("--seed", type=number(0, 2**32 - 1, integer=True), default=VAEConfig.seed,
                         help="seeds the split, the initial weights and every random stream")
     parser.add_argument("--out", default="results/vae", help="folder for results, figures and checkpoint")
     parser.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
-    parser.add_argument("--variance-reps", type=at_least(0), default=VAEConfig.variance_reps,
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start over in an --out that holds a run (its checkpoint and results are replaced)")
+    parser.add_argument("--variance-reps", type=number(0, 10**6, integer=True), default=VAEConfig.variance_reps,
                         help=f"gradient estimates per variance measurement (0: none; else at least {MIN_REPS})")
-    parser.add_argument("--variance-every", type=at_least(1), default=VAEConfig.variance_every,
+    parser.add_argument("--variance-every", type=number(1, 10**6, integer=True), default=VAEConfig.variance_every,
                         help="epochs between variance measurements (also at epoch 0 and the last)")
-    parser.add_argument("--test-particles", type=at_least(2), default=VAEConfig.test_particles,
+    parser.add_argument("--test-particles", type=number(2, 10**5, integer=True), default=VAEConfig.test_particles,
                         help="particles per test image for the test ELBO")
     parser.add_argument("--dynamic-binarization", action="store_true",
                         help="draw fresh Bernoulli training pixels every epoch")
-    parser.add_argument("--threads", type=at_least(1), default=None,
+    parser.add_argument("--threads", type=number(1, 1024, integer=True), default=None,
                         help="CPU threads for torch and BLAS (None: one, which small networks run fastest on)")
     parser.add_argument("--backend", choices=("pyro", "numpyro"), default="pyro",
                         help="numpyro: train with JAX/NumPyro (every spec; checkpoint.npz)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
     parser.set_defaults(func=run)

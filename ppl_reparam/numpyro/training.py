@@ -15,7 +15,10 @@ particles; :func:`measure_estimators` measures each estimator's gradient at a ru
 parameters (:func:`~ppl_reparam.numpyro.gradient_variance`), aggregated over the encoder's and the
 decoder's parameters (:mod:`ppl_reparam.stats`). :class:`VAEStudy` builds its runs with the model
 factory it is given (:func:`ppl_reparam.models.numpyro_vae`), so this module never imports the shipped
-models.
+models; for the discrete VAE it builds each run's model at the run's relaxation temperature (a
+temperature is a property of the model object in JAX, and all temperatures share the parameter names).
+For ``ppl-reparam compare``: :func:`warm_up_baseline` lets a stateful baseline learn at fixed
+parameters, :func:`compiled_gradient_variance` times a measurement without its compilation.
 
 The checkpoint ``checkpoint.npz`` is written atomically after every epoch
 (:func:`~ppl_reparam.report.atomic_write_bytes`) and loaded with ``allow_pickle=False``: per run the
@@ -38,18 +41,19 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import random
-from numpyro.handlers import substitute
+from jax import lax, random
+from numpyro.handlers import seed as seed_handler
+from numpyro.handlers import substitute, trace
 from numpyro.infer import SVI
 from numpyro.infer.elbo import ELBO
 from numpyro.optim import Adam
 
 from ..data import Dataset, binarize, minibatches
 from ..report import atomic_write_bytes
-from ..specs import RelaxedSpec, RunSpec, parse_run_spec
+from ..specs import EstimatorSpec, RelaxedSpec, RunSpec, parse_run_spec
+from ..stats import GradientStats
 from ..study import VAEConfig, comparison_rows, derived_seed, group_names, group_rows
 from .baselines import LearnedBaseline
-from .elbo import PathwiseELBO
 from .specs import make_elbo
 from .variance import gradient_variance
 
@@ -57,11 +61,15 @@ __all__ = [
     "CHECKPOINT",
     "TrainingRun",
     "VAEStudy",
+    "check_applies",
+    "compiled_gradient_variance",
     "evaluate_elbo",
     "load_checkpoint",
     "make_run_elbo",
     "measure_estimators",
+    "run_arrays",
     "save_checkpoint",
+    "warm_up_baseline",
 ]
 
 MAX_ELEMENTS = 2**23
@@ -120,7 +128,7 @@ def _svi(model: Callable, guide: Callable, elbo: ELBO, lr: float) -> tuple[SVI, 
     return svi, jax.jit(svi.update, static_argnames="num_data")
 
 
-@partial(jax.jit, static_argnames=("model", "guide", "num_particles"))
+@partial(jax.jit, static_argnames=("model", "guide", "num_particles", "estimator"))
 def _particle_elbos(
     key: jax.Array,
     params: dict[str, jax.Array],
@@ -129,10 +137,12 @@ def _particle_elbos(
     model: Callable,
     guide: Callable,
     num_particles: int,
+    estimator: str,
 ) -> jax.Array:
     r""":math:`\sum_i [\log p(x_i, z_i) - \log q(z_i \mid x_i)]` over the rows of ``x``, one value per
     particle, each particle an independent draw :math:`z_i \sim q(z \mid x_i)` for every row."""
-    losses, _ = PathwiseELBO(num_particles=num_particles).particle_losses(key, params, model, guide, x)
+    elbo = make_elbo(EstimatorSpec(estimator, num_particles))
+    losses, _ = elbo.particle_losses(key, params, model, guide, x)
     return -losses
 
 
@@ -143,13 +153,16 @@ def evaluate_elbo(
     x: np.ndarray,
     num_particles: int = 100,
     seed: int = 0,
+    estimator: str = "pathwise",
 ) -> tuple[float, float]:
-    r"""ELBO per datum of ``x`` at ``params`` and its standard error, from ``num_particles`` pathwise
-    particles (the estimator of :func:`ppl_reparam.pyro.training.evaluate_elbo`).
+    r"""ELBO per datum of ``x`` at ``params`` and its standard error, from ``num_particles`` particles
+    (the estimator of :func:`ppl_reparam.pyro.training.evaluate_elbo`).
 
     Particle ``p`` gives :math:`E_p = \frac1n \sum_i [\log p(x_i, z_i) - \log q(z_i \mid x_i)]`; the
     estimate is the mean of the :math:`E_p` and its standard error :math:`\mathrm{sd}(E_p)/\sqrt{P}`
-    (particles are i.i.d.; the rows are fixed). Rows are evaluated in chunks of at most
+    (particles are i.i.d.; the rows are fixed). Only the value is used, so ``estimator`` matters only
+    in that it must apply: ``"score"`` for guides without a reparameterized sampler (the discrete VAE,
+    where ``"pathwise"`` raises naming the site). Rows are evaluated in chunks of at most
     :data:`MAX_ELEMENTS` elements, each chunk under its own key split from ``seed``. ``model`` and
     ``guide`` take ``(x)`` without ``num_data`` (no scaling).
     """
@@ -161,7 +174,8 @@ def evaluate_elbo(
     per_particle = np.zeros(num_particles)
     for key, start in zip(random.split(random.PRNGKey(seed), len(starts)), starts):
         chunk = _particle_elbos(
-            key, dict(params), x[start : start + rows], model=model, guide=guide, num_particles=num_particles
+            key, dict(params), x[start : start + rows], model=model, guide=guide, num_particles=num_particles,
+            estimator=estimator,
         )
         per_particle += np.asarray(chunk, dtype=np.float64)
     per_particle /= len(x)
@@ -257,7 +271,13 @@ class TrainingRun:
         layout = [(np.shape(leaf), jnp.result_type(leaf)) for leaf in leaves]
         if [(a.shape, a.dtype) for a in saved] != layout:
             raise ValueError(f"run {self.name!r}: the checkpoint's SVI state does not fit this model and optimizer")
-        self.state = jax.tree.unflatten(treedef, [jnp.asarray(a) for a in saved])
+        # A weakly typed scalar (Adam's step count) comes back weak, from a Python number: the compiled
+        # update is keyed by its arguments' types, so a strong one would compile it all again.
+        restored = [
+            jnp.asarray(a.item() if getattr(leaf, "weak_type", False) and a.ndim == 0 else a)
+            for leaf, a in zip(leaves, saved)
+        ]
+        self.state = jax.tree.unflatten(treedef, restored)
         self.data_rng.bit_generator.state = meta["data_rng"]
         self.epoch = meta["epoch"]
         self.history = [dict(h) for h in meta["history"]]
@@ -280,33 +300,31 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[
 
 
 def measure_estimators(
-    model: Callable,
-    guide: Callable,
+    targets: Mapping[str, tuple[Callable, Callable, ELBO]],
     params: Mapping[str, jax.Array],
-    elbos: Mapping[str, ELBO],
     x: np.ndarray,
     num_data: int,
     *,
     num_reps: int,
     seed: int,
     confidence: float = 0.95,
-    guides: Mapping[str, Callable] | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Gradient variance of every named ELBO in ``elbos`` (name: its spec) at ``params``.
+    """Gradient variance of every named spec in ``targets`` (name: its spec) at the same ``params``.
 
-    Each gets :func:`~ppl_reparam.numpyro.gradient_variance` with ``num_reps`` repetitions on the fixed
-    batch ``x`` (so the spread is the estimator's alone, not minibatch noise), under its own seed, with
-    ``guides[name]`` where given (a guide carrying a trained baseline's state, :attr:`TrainingRun.
-    trained_guide`), else ``guide`` with the baseline's initial state; pass the same ELBO objects every
-    time to reuse the compiled function. Returns ``(rows, comparisons)`` with the columns of
+    ``targets[name]`` is ``(model, guide, elbo)``: the model and guide at the spec's relaxation
+    temperature (they share the parameter names, so the same ``params`` serve all), the guide carrying
+    the state of a stateful baseline where it has one (:attr:`TrainingRun.trained_guide`, or
+    :func:`with_baseline_state` for the initial state), and the spec's ELBO; pass the same objects every
+    time to reuse the compiled function. Each gets :func:`~ppl_reparam.numpyro.gradient_variance` with
+    ``num_reps`` repetitions on the fixed batch ``x`` (so the spread is the estimator's alone, not
+    minibatch noise), under its own seed. Returns ``(rows, comparisons)`` with the columns of
     :func:`ppl_reparam.pyro.training.measure_estimators` (:func:`~ppl_reparam.study.group_rows`,
     :func:`~ppl_reparam.study.comparison_rows`).
     """
     stats = {}
-    for j, (name, elbo) in enumerate(elbos.items()):
-        measured_guide = (guides or {}).get(name) or with_baseline_state(elbo, guide)
+    for j, (name, (model, guide, elbo)) in enumerate(targets.items()):
         stats[name] = gradient_variance(
-            elbo, model, measured_guide, x, params=params, num_reps=num_reps, seed=derived_seed(seed, j),
+            elbo, model, guide, x, params=params, num_reps=num_reps, seed=derived_seed(seed, j),
             confidence=confidence, num_data=num_data,
         )
     groups = group_names(next(iter(stats.values())))
@@ -319,8 +337,77 @@ def measure_estimators(
     return rows, comparison_rows(stats, specs, groups, confidence, seed)
 
 
+def check_applies(
+    elbo: ELBO, model: Callable, guide: Callable, params: Mapping[str, jax.Array], *args: Any, **kwargs: Any
+) -> None:
+    """Raise the ELBO's own error if it cannot apply to ``model`` and ``guide`` (e.g. a pathwise
+    estimator at a site without a reparameterized sampler names the site): one loss traced abstractly
+    (``jax.eval_shape``: nothing is computed or compiled), array arguments traced, the others fixed."""
+
+    def loss(params: dict[str, jax.Array], args: tuple) -> jax.Array:
+        return elbo.loss(random.PRNGKey(0), params, model, guide, *args, **kwargs)
+
+    jax.eval_shape(loss, dict(params), args)
+
+
+def warm_up_baseline(
+    elbo: ELBO, model: Callable, guide: Callable, params: Mapping[str, jax.Array], *args: Any, steps: int, seed: int,
+    **kwargs: Any,
+) -> Callable:
+    """``guide`` declaring the state of ``elbo``'s baseline (:func:`with_baseline_state`), that state
+    learnt by ``steps`` training-free updates at the fixed ``params`` when the baseline is stateful.
+
+    Each update is a training step of the baseline alone: ``elbo.loss_with_mutable_state`` on the
+    arguments (a fresh draw under a key split from ``seed``) returns the state after learning from
+    that draw's costs, as in :meth:`numpyro.infer.SVI.update`, while the parameters stay where they are
+    (they take no optimizer step). The state starts where a new run's does; the loop runs as one
+    compiled ``lax.scan``. The NumPyro twin of ``ppl-reparam compare``'s warm-up in Pyro (``loss_and_grads``
+    under ``no_grad``). Returns the guide with the learnt state substituted (what a measurement of the
+    baseline's estimator uses).
+    """
+    stateful = with_baseline_state(elbo, guide)
+    baseline = getattr(elbo, "baseline", None)
+    if baseline is None or not baseline.stateful or steps < 1:
+        return stateful
+    key, init_key = random.split(random.PRNGKey(seed))
+    params = dict(params)
+    init = trace(substitute(seed_handler(stateful, init_key), data=params)).get_trace(*args, **kwargs)
+    state = {name: site["value"] for name, site in init.items() if site["type"] == "mutable"}
+
+    def update(state: dict, key: jax.Array) -> tuple[dict, None]:
+        out = elbo.loss_with_mutable_state(key, {**params, **state}, model, stateful, *args, **kwargs)
+        return out["mutable_state"], None
+
+    state, _ = jax.jit(lambda state, keys: lax.scan(update, state, keys))(state, random.split(key, steps))
+    return substitute(stateful, data=state)
+
+
+def compiled_gradient_variance(
+    elbo: ELBO, model: Callable, guide: Callable, *args: Any, **kwargs: Any
+) -> GradientStats:
+    """:func:`~ppl_reparam.numpyro.gradient_variance` (same arguments) whose ``seconds`` leave out
+    compilation: a first call compiles and is dropped; the second, on the same draws, runs the
+    compiled function and is the result (its seconds: every repetition in one ``vmap`` pass)."""
+    gradient_variance(elbo, model, guide, *args, **kwargs)
+    return gradient_variance(elbo, model, guide, *args, **kwargs)
+
+
+def run_arrays(arrays: Mapping[str, np.ndarray], index: int) -> dict[str, np.ndarray]:
+    """Run ``index``'s arrays of a :class:`VAEStudy` checkpoint, keyed as :meth:`TrainingRun.state_dict`
+    writes them."""
+    prefix = f"runs/{index}/"
+    return {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+
 class VAEStudy:
     """The NumPyro backend of the ``ppl-reparam vae`` study (:class:`ppl_reparam.training.StudyBackend`).
+
+    Each run trains the VAE the factory builds at its spec's temperature (a relaxed spec: the relaxed
+    model; every other spec: the discrete or Gaussian one). For the discrete model, as in the Pyro
+    backend, every run's test ELBO is the *discrete* ELBO (a score-function estimate of its value:
+    the Bernoulli guide has no reparameterized sampler), and relaxed runs also report their own relaxed
+    objective; each spec is measured at its own temperature, on the parameters of the run measured
+    (the objects of every temperature share their parameter names).
 
     :param make_model: builds the study's VAE (:data:`ModelFactory`).
     """
@@ -332,40 +419,54 @@ class VAEStudy:
         self.make_model = make_model
         self.vaes: dict[str, Any] = {}
         """Each run's VAE (its networks' ``encode`` and ``decode``), by run name."""
+        self.model_at: Callable[[float | None], Any] | None = None
+        """The study's VAE at a temperature (None: discrete, or the Gaussian VAE), once runs are built."""
 
     def build_runs(self, config: VAEConfig, data: Dataset) -> list[TrainingRun]:
         """One run per estimator spec, every one from the same initial weights (``SVI.init`` under
-        ``config.seed``; the model's parameters do not depend on the ELBO)."""
+        ``config.seed``; the parameters depend neither on the ELBO nor on the temperature)."""
         x = data.train[: min(config.batch_size, len(data.train))]
+        self.model_at = partial(self.make_model, config.model, data.dim, config.hidden, config.latent_dim)
         runs = []
         for spec in config.specs:
-            vae = self.vaes[str(spec)] = self.make_model(
-                config.model, data.dim, config.hidden, config.latent_dim, temperature_of(spec)
-            )
+            vae = self.vaes[str(spec)] = self.model_at(temperature_of(spec))
             elbo = make_run_elbo(spec)
             runs.append(TrainingRun(str(spec), vae.model, vae.guide, elbo, config.lr, config.seed, x, len(data.train)))
         return runs
 
     def check(self, runs: Sequence[TrainingRun], config: VAEConfig, x: np.ndarray, num_data: int) -> None:
-        """One loss of each spec on two rows: a spec that cannot apply raises the ELBO's own message."""
+        """One loss of each spec (trained and measured alike, at its temperature) on two rows
+        (:func:`check_applies`): a spec that cannot apply raises the ELBO's own message (e.g. a pathwise
+        spec on the discrete model names the site)."""
         for run in runs:
-            run.elbo.loss(random.PRNGKey(0), run.params, run.model, run.trained_guide, x[:2], num_data=num_data)
+            check_applies(run.elbo, run.model, run.trained_guide, run.params, x[:2], num_data=num_data)
 
     def test_elbo(self, run: TrainingRun, x_test: np.ndarray, config: VAEConfig, seed: int) -> dict[str, float]:
-        """The test ELBO (pathwise particles, the same key for every run)."""
-        test, se = evaluate_elbo(run.model, run.guide, run.params, x_test, config.test_particles, seed)
-        return {"test_elbo": test, "test_elbo_se": se}
+        """The test ELBO (the same key for every run): of the discrete model for the discrete VAE (score
+        function particles), whatever temperature the run trains at, and relaxed runs also get their own
+        relaxed objective (pathwise particles, NaN for the others); of the Gaussian VAE by pathwise particles."""
+        discrete = config.model == "discrete"
+        vae = self.model_at(None)
+        test, se = evaluate_elbo(vae.model, vae.guide, run.params, x_test, config.test_particles, seed,
+                                 "score" if discrete else "pathwise")
+        row = {"test_elbo": test, "test_elbo_se": se}
+        if discrete:
+            relaxed = se_relaxed = math.nan
+            if temperature_of(run.name) is not None:
+                own = self.vaes[run.name]
+                relaxed, se_relaxed = evaluate_elbo(own.model, own.guide, run.params, x_test, config.test_particles,
+                                                    seed)
+            row |= {"relaxed_test_elbo": relaxed, "relaxed_test_elbo_se": se_relaxed}
+        return row
 
     def measure(
         self, run: TrainingRun, runs: Sequence[TrainingRun], config: VAEConfig, x: np.ndarray, num_data: int,
         seed: int,
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """:func:`measure_estimators` of every spec at ``run``'s parameters, a spec with a stateful
-        baseline with the baseline of the run trained with it."""
-        return measure_estimators(
-            run.model, self.vaes[run.name].guide, run.params, {r.name: r.elbo for r in runs}, x, num_data,
-            num_reps=config.variance_reps, seed=seed, guides={r.name: r.trained_guide for r in runs},
-        )
+        """:func:`measure_estimators` of every spec at ``run``'s parameters, each spec with the model and
+        guide of the run trained with it (its temperature; its baseline as trained so far)."""
+        targets = {r.name: (r.model, r.trained_guide, r.elbo) for r in runs}
+        return measure_estimators(targets, run.params, x, num_data, num_reps=config.variance_reps, seed=seed)
 
     def save(self, path: Path, meta: dict[str, Any], runs: Sequence[TrainingRun]) -> None:
         meta, arrays = dict(meta, runs=[]), {}
@@ -380,19 +481,22 @@ class VAEStudy:
         if meta.get("backend") != self.name:
             return meta  # train_vae names the backend it holds
         for i, (run, run_meta) in enumerate(zip(runs, meta["runs"])):
-            prefix = f"runs/{i}/"
-            run.load_state_dict(run_meta, {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)})
+            run.load_state_dict(run_meta, run_arrays(arrays, i))
         return meta
 
     def images(self, runs: Sequence[TrainingRun], x: np.ndarray, config: VAEConfig) -> list[tuple[str, np.ndarray]]:
         """Rows for the image grid: test images, each run's reconstructions (Bernoulli means at the
-        posterior mean), each run's prior samples (Bernoulli means at z ~ N(0, I), the same for every run)."""
-        z = random.normal(random.PRNGKey(config.seed), (len(x), config.latent_dim))
+        posterior mean, or for binary latents at the posterior mode), each run's prior samples (Bernoulli
+        means at z from the prior: N(0, I), or Bernoulli(1/2) bits; the same z for every run)."""
+        key, shape = random.PRNGKey(config.seed), (len(x), config.latent_dim)
+        discrete = config.model == "discrete"
+        z = random.bernoulli(key, 0.5, shape).astype(x.dtype) if discrete else random.normal(key, shape)
         rows = [("test images", np.asarray(x))]
         for run in runs:
             vae = self.vaes[run.name]
-            loc, _ = vae.encode(run.params, x)
-            rows.append((f"reconstructed ({run.name})", np.asarray(jax.nn.sigmoid(vae.decode(run.params, loc)))))
+            code = vae.encode(run.params, x)
+            code = (code > 0).astype(x.dtype) if discrete else code[0]  # the bits' mode, or the Gaussian's loc
+            rows.append((f"reconstructed ({run.name})", np.asarray(jax.nn.sigmoid(vae.decode(run.params, code)))))
         for run in runs:
             decoded = self.vaes[run.name].decode(run.params, z)
             rows.append((f"prior samples ({run.name})", np.asarray(jax.nn.sigmoid(decoded))))

@@ -36,9 +36,10 @@ from pyro.infer import ELBO, SVI
 from pyro.optim import Adam
 
 from ..data import Dataset, binarize, minibatches
-from ..report import atomic_write_bytes
+from ..report import atomic_write_checked, read_checked
 from ..specs import EstimatorSpec, RelaxedSpec, RunSpec, parse_run_spec
 from ..study import VAEConfig, comparison_rows, derived_seed, group_names, group_rows
+from ..training import check_complete
 from .baselines import LearnedBaseline
 from .specs import make_elbo
 from .variance import gradient_variance, isolated_rng
@@ -253,16 +254,27 @@ def load_baseline_state(elbo: ELBO, state: dict[str, Any] | None) -> None:
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
     """``torch.save`` ``state`` to ``path`` atomically (temporary file in the same folder, then
-    ``os.replace``): an interrupted write leaves the previous checkpoint intact."""
+    ``os.replace``: an interrupted write leaves the previous checkpoint intact), behind its SHA-256
+    digest (:func:`~ppl_reparam.report.atomic_write_checked`)."""
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_checked(path, buffer.getvalue())
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Load a checkpoint written by :func:`save_checkpoint` (tensors and plain Python values only:
-    ``weights_only=True``)."""
-    return torch.load(path, weights_only=True)
+    ``weights_only=True``); a ValueError naming the file if it is missing, damaged (its digest does not
+    match) or not a checkpoint of this backend."""
+    remedy = "run without --resume (with --overwrite) to start over, or give the folder of an intact run"
+    payload = read_checked(path, "ppl-reparam checkpoint", remedy)
+    try:
+        state = torch.load(io.BytesIO(payload), weights_only=True)
+    except Exception as e:  # a digest-valid payload torch cannot read: another version's format
+        problem = f"its digest is right but torch cannot read it ({type(e).__name__})"
+        raise ValueError(f"{path}: {problem}; {remedy}") from None
+    if not isinstance(state, dict) or not {"config", "runs"} <= set(state):
+        raise ValueError(f"{path}: not a checkpoint of a `ppl-reparam vae` run (no settings or runs); {remedy}")
+    return state
 
 
 # ------------------------------------------------------------------------------------- the VAE study
@@ -372,8 +384,10 @@ class VAEStudy:
 
     def load(self, path: Path, runs: Sequence[TrainingRun]) -> dict[str, Any]:
         state = load_checkpoint(path)
-        for run, run_state in zip(runs, state["runs"]):
-            run.load_state_dict(run_state)
+        if state.get("backend", "pyro") == self.name:  # else train_vae names the backend it holds
+            check_complete(state, runs, path)
+            for run, run_state in zip(runs, state["runs"]):
+                run.load_state_dict(run_state)
         return state
 
     def images(self, runs: Sequence[TrainingRun], x: np.ndarray, config: VAEConfig) -> list[tuple[str, np.ndarray]]:
