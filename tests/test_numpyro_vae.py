@@ -292,9 +292,15 @@ def test_bad_sizes_runs_and_checkpoints_are_refused(tmp_path):
     other = TrainingRun("pathwise", small.model, small.guide, make_run_elbo("pathwise"), 1e-3, 0, x, NUM_DATA)
     with pytest.raises(ValueError, match="SVI state does not fit this model and optimizer"):
         other.load_state_dict(meta, arrays)
-    save_checkpoint({"format": 2, "backend": "pyro", "config": VAEConfig().key()}, {}, tmp_path / CHECKPOINT)
+    meta = {"format": 2, "config": VAEConfig().key(), "runs": []}
+    save_checkpoint({**meta, "backend": "pyro"}, {}, tmp_path / CHECKPOINT)
     with pytest.raises(ValueError, match="a checkpoint of the pyro backend, not numpyro"):
         train_vae_numpyro(VAEConfig(), tmp_path, resume=True)
+    save_checkpoint({**meta, "backend": "numpyro"}, {}, tmp_path / CHECKPOINT)
+    with pytest.raises(ValueError, match=r"holds the runs \[\], not the runs \['pathwise'\]"):
+        train_vae_numpyro(VAEConfig(), tmp_path, resume=True)
+    with pytest.raises(ValueError, match="holds a run.*--resume.*--overwrite"):
+        train_vae_numpyro(VAEConfig(), tmp_path)
 
 
 def test_imports_without_torch_or_pyro():

@@ -49,10 +49,11 @@ from numpyro.infer.elbo import ELBO
 from numpyro.optim import Adam
 
 from ..data import Dataset, binarize, minibatches
-from ..report import atomic_write_bytes
+from ..report import atomic_write_checked, read_checked
 from ..specs import EstimatorSpec, RelaxedSpec, RunSpec, parse_run_spec
 from ..stats import GradientStats
 from ..study import VAEConfig, comparison_rows, derived_seed, group_names, group_rows
+from ..training import check_complete
 from .baselines import LearnedBaseline
 from .specs import make_elbo
 from .variance import gradient_variance
@@ -285,18 +286,27 @@ class TrainingRun:
 
 def save_checkpoint(meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray], path: str | os.PathLike[str]) -> None:
     """Write ``meta`` (JSON, NaN allowed) and ``arrays`` to the ``.npz`` at ``path`` atomically (a
-    temporary file in the same folder, then ``os.replace``): an interrupted write leaves the previous
-    checkpoint intact."""
+    temporary file in the same folder, then ``os.replace``: an interrupted write leaves the previous
+    checkpoint intact), behind its SHA-256 digest (:func:`~ppl_reparam.report.atomic_write_checked`)."""
     buffer = io.BytesIO()
     np.savez(buffer, **{"meta.json": np.array(json.dumps(meta))}, **arrays)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_checked(path, buffer.getvalue())
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """``(meta, arrays)`` from a checkpoint written by :func:`save_checkpoint` (no pickles)."""
-    with np.load(io.BytesIO(Path(path).read_bytes()), allow_pickle=False) as npz:
-        arrays = {key: npz[key] for key in npz.files}
-    return json.loads(arrays.pop("meta.json").item()), arrays
+    """``(meta, arrays)`` from a checkpoint written by :func:`save_checkpoint` (no pickles); a ValueError
+    naming the file if it is missing, damaged (its digest does not match) or not a checkpoint of a run."""
+    remedy = "run without --resume (with --overwrite) to start over, or give the folder of an intact run"
+    payload = read_checked(path, "ppl-reparam checkpoint", remedy)
+    try:
+        with np.load(io.BytesIO(payload), allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in npz.files}
+        meta = json.loads(arrays.pop("meta.json").item())
+    except (OSError, ValueError, KeyError) as e:
+        raise ValueError(f"{path}: its digest is right but it is not a checkpoint of a run ({e}); {remedy}") from None
+    if not isinstance(meta, dict) or not {"config", "runs"} <= set(meta):
+        raise ValueError(f"{path}: not a checkpoint of a `ppl-reparam vae` run (no settings or runs); {remedy}")
+    return meta, arrays
 
 
 def measure_estimators(
@@ -480,6 +490,7 @@ class VAEStudy:
         meta, arrays = load_checkpoint(path)
         if meta.get("backend") != self.name:
             return meta  # train_vae names the backend it holds
+        check_complete(meta, runs, path)
         for i, (run, run_meta) in enumerate(zip(runs, meta["runs"])):
             run.load_state_dict(run_meta, run_arrays(arrays, i))
         return meta
