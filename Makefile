@@ -9,20 +9,20 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install torch==2.13.0
+	$(PY) -m pip install -e ".[test]"
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/ppl-reparam toy --backend both --out results --quiet
-	$(VENV)/bin/ppl-reparam vae --compare --epochs 100 --variance-every 10 --out results/vae --quiet
+	$(VENV)/bin/ppl-reparam toy --backend both --out results
+	$(VENV)/bin/ppl-reparam vae --compare --epochs 100 --variance-every 10 --out results/vae
 	$(VENV)/bin/ppl-reparam vae --model discrete --compare --epochs 100 --lr 3e-3 --variance-reps 50 \
-		--variance-every 50 --test-particles 20 --measure-on score+rloo:4 --out results/discrete --quiet \
+		--variance-every 50 --test-particles 20 --measure-on score+rloo:4 --out results/discrete \
 		--estimator score,score+rloo:4,score+ma,score+learned,score+b=25,iwae-vimco:4,relaxed+t=0.5,relaxed+t=1
-	$(VENV)/bin/ppl-reparam compare --model toy --out results/compare-toy --quiet
-	$(VENV)/bin/ppl-reparam compare --model vae --out results/compare-vae --quiet
+	$(VENV)/bin/ppl-reparam compare --model toy --out results/compare-toy
+	$(VENV)/bin/ppl-reparam compare --model vae --out results/compare-vae
 	$(VENV)/bin/ppl-reparam compare --model discrete --checkpoint results/discrete --run score+rloo:4 \
-		--out results/compare-discrete --quiet
+		--out results/compare-discrete
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -161,12 +161,13 @@ def plot_elbo_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike[
 
 def plot_group_variance(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> Path:
     """Total gradient variance (log scale, with its interval) and mean SNR of each parameter group
-    against epoch; colour: the estimator measured, line style: the estimator the model was trained with."""
+    against epoch; colour: the estimator measured, line style: the estimator the model was trained with
+    (a legend for each)."""
     groups = list(dict.fromkeys(r["group"] for r in rows))
     measured = list(dict.fromkeys(r["measured"] for r in rows))
     trained = list(dict.fromkeys(r["trained_with"] for r in rows))
     colours = dict(zip(measured, itertools.cycle(_COLOURS)))
-    styles = dict(zip(trained, itertools.cycle(["-o", "--s", ":^", "-.v", "-D", "--P"])))
+    styles = dict(zip(trained, itertools.cycle(zip(itertools.cycle(["-", "--", ":", "-."]), _MARKERS))))
     fig, axes = plt.subplots(2, len(groups), figsize=(5.6 * len(groups), 7.6), squeeze=False, sharex=True,
                              layout="constrained")
     for col, group in enumerate(groups):
@@ -179,13 +180,13 @@ def plot_group_variance(rows: Sequence[dict[str, Any]], path: str | os.PathLike[
                 total = np.array([r["total_variance"] for r in pts])
                 low = np.array([r["ci_low"] for r in pts])
                 high = np.array([r["ci_high"] for r in pts])
-                label = f"{m} gradient, model trained with {t}"
                 # a bootstrap-t interval from few repetitions need not contain its estimate
                 yerr = [np.clip(total - low, 0, None), np.clip(high - total, 0, None)]
-                axes[0, col].errorbar(epoch, total, yerr=yerr, fmt=styles[t],
-                                      color=colours[m], capsize=3, markersize=4, label=label)
-                axes[1, col].plot(epoch, [r["mean_snr"] for r in pts], styles[t], color=colours[m],
-                                  markersize=4, label=label)
+                line, marker = styles[t]
+                axes[0, col].errorbar(epoch, total, yerr=yerr, linestyle=line, marker=marker, color=colours[m],
+                                      capsize=3, markersize=4)
+                axes[1, col].plot(epoch, [r["mean_snr"] for r in pts], linestyle=line, marker=marker,
+                                  color=colours[m], markersize=4)
         axes[0, col].set_title(f"{group} parameters")
         axes[0, col].set_ylabel("total variance (sum over elements)")
         axes[1, col].set_ylabel("mean SNR |mean| / sd")
@@ -196,8 +197,12 @@ def plot_group_variance(rows: Sequence[dict[str, Any]], path: str | os.PathLike[
             _log_ticks(ax.yaxis, most=8)
             ax.grid(True, which="both", alpha=0.3)
     fig.suptitle("Gradient variance (95% CIs) and signal-to-noise ratio by parameter group")
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncol=2, fontsize=8)
+    legend = {"fontsize": 8, "title_fontsize": 8, "ncol": 2}
+    fig.legend(handles=[Line2D([], [], color=colours[m], label=m) for m in measured], loc="outside lower left",
+               title="gradient measured (colour)", **legend)
+    fig.legend(handles=[Line2D([], [], color="0.4", linestyle=line, marker=marker, markersize=4, label=t)
+                        for t, (line, marker) in styles.items()],
+               loc="outside lower right", title="model trained with (line and marker)", **legend)
     return save_figure(fig, path)
 
 
@@ -211,7 +216,8 @@ def plot_image_grid(
     keeps the figure fast to draw with many rows."""
     n = max(len(images) for _, images in rows)
     side = int(round(np.sqrt(rows[0][1].shape[1])))
-    fig, axes = plt.subplots(len(rows), 1, figsize=(0.9 * n + 1.6, 0.95 * len(rows) + 0.4), squeeze=False)
+    fig, axes = plt.subplots(len(rows), 1, figsize=(0.9 * n + 1.6, 0.95 * len(rows) + 0.4), squeeze=False,
+                             layout="constrained")
     for ax, (label, images) in zip(axes[:, 0], rows):
         strip = np.zeros((side, n * (side + 1) - 1))
         for j, image in enumerate(images):
@@ -276,7 +282,7 @@ def plot_elbo_and_variance(
         if relaxed:
             left.plot(*np.array(relaxed).T, ":", color=colour, label=f"{estimator}: its relaxed objective")
     trained = [h["test_elbo"] for h in history if h["epoch"] > 0]
-    if trained:  # the untrained model's ELBO would squash the curves
+    if len({h["epoch"] for h in history}) > 2:  # the untrained model's ELBO would squash the curves
         low, high = min(trained), max(trained)
         left.set_ylim(low - 0.1 * (high - low + 1e-9), high + 0.1 * (high - low + 1e-9))
     _integer_ticks(left.xaxis)

@@ -140,7 +140,7 @@ def test_from_a_checkpoint(tmp_path, capsys):
         (["--model", "toy", "--estimators", "score+rloo"], "needs num_particles >= 2"),
         (["--model", "toy", "--estimators", "reinforce"], "unknown base 'reinforce'"),
         (["--model", "toy", "--estimators", "score,score:1"], "given twice"),
-        (["--model", "toy", "--reps", "3"], "--reps must be at least 5"),
+        (["--model", "toy", "--reps", "3"], "argument --reps: must be an integer in [5, 1000000]"),
         (["--model", "toy", "--checkpoint", "x.pt"], "apply to the VAEs"),
         (["--model", "vae", "--checkpoint", "no/such/checkpoint.pt"], "no such file"),
         (["--model", "vae", "--run", "score"], "give --checkpoint too"),

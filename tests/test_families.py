@@ -189,4 +189,4 @@ def test_families_command_end_to_end(tmp_path, capsys):
     assert next(r for r in saved["rows"] if r["family"] == "Poisson")["variance_ratio"] is None
     assert "| RelaxedBernoulliStraightThrough | logits = 0.3 |" in (out / "families.md").read_text()
     assert main(["families", "--samples", "3", "--out", str(out)]) == 2
-    assert "num_samples must be at least 5" in capsys.readouterr().err
+    assert "argument --samples: must be an integer in [5, 10000000]" in capsys.readouterr().err

@@ -56,8 +56,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..report import atomic_write_text, markdown_table, write_csv, write_json
+from ..report import ResultSet, atomic_write_text, check_output_folder, markdown_table, write_csv, write_json
 from ..stats import MIN_REPS, GradientStats
+from ..threads import auto_threads, limited_threads
+from .common import SPEC_HELP, HelpFormatter, number
 
 MODELS = ("toy", "vae", "discrete")
 BACKENDS = ("pyro", "numpyro")
@@ -433,18 +435,16 @@ def summary_table(rows: list[dict[str, Any]], comparison: list[dict[str, Any]]) 
 
 
 def run(args: argparse.Namespace) -> None:
-    if args.reps < MIN_REPS:
-        raise ValueError(f"--reps must be at least {MIN_REPS} (for the variance interval), got {args.reps}")
-    if args.warmup < 0:
-        raise ValueError(f"--warmup must be 0 or more, got {args.warmup}")
-    if args.threads < 1 or args.batch_size < 1:
-        raise ValueError(f"--threads and --batch-size must be at least 1, got {args.threads} and {args.batch_size}")
+    if args.estimators is not None and not args.estimators.strip(" ,"):
+        raise ValueError("--estimators: no estimator spec given (leave the option out for the defaults)")
     specs = parse_estimators(args.estimators or DEFAULT_ESTIMATORS[args.model], args.model)
     if args.model == "toy" and (args.checkpoint or args.run):
         raise ValueError("--checkpoint and --run apply to the VAEs (--model vae or discrete), not the toy")
-    from .common import threads
-
-    with threads(args.threads):
+    out = check_output_folder(args.out)
+    if args.backend == "pyro":
+        import torch  # noqa: F401  (loaded before the thread policy, so that it reaches torch)
+    n_threads = auto_threads(None, args.threads)
+    with limited_threads(n_threads):
         began = time.perf_counter()
         target = target_of(args.backend, args.model, args.seed, args.batch_size, args.theta, args.checkpoint, args.run)
         rows, comparison = measure(target, specs, args.reps, args.seed, args.warmup, progress=not args.quiet)
@@ -452,24 +452,21 @@ def run(args: argparse.Namespace) -> None:
     header = (f"Gradient variance on {target.description} ({args.backend}): {args.reps} repetitions per estimator, "
               f"seed {args.seed}; per-sample variance = total variance over the group's elements x particles (95% "
               "bootstrap-t CI); variance x seconds = total variance x seconds per estimate "
-              f"({target.timing}, {args.threads} thread(s)).")
+              f"({target.timing}, {n_threads} thread(s)).")
     table = summary_table(rows, comparison)
     print(header)
     print(table)
-    out = Path(args.out)
     from ..plots import plot_compare
 
-    files = [
-        write_csv(rows, out / "compare.csv"),
+    with ResultSet(out, "compare") as results:
+        write_csv(rows, results.path("compare.csv"))
         write_json({"model": args.model, "backend": args.backend, "parameters": target.description,
-                    "reps": args.reps, "seed": args.seed,
-                    "warmup": args.warmup, "threads": args.threads, "seconds": seconds, "rows": rows,
-                    "comparison": comparison}, out / "compare.json"),
-        atomic_write_text(out / "compare.md", f"{header}\n\n{table}\n"),
-        plot_compare(rows, out / "compare.png",
-                     f"{target.description} ({args.backend})\n{args.reps} repetitions per estimator"),
-    ]
-    print("wrote " + ", ".join(str(f) for f in files))
+                    "reps": args.reps, "seed": args.seed, "warmup": args.warmup, "threads": n_threads,
+                    "seconds": seconds, "rows": rows, "comparison": comparison}, results.path("compare.json"))
+        atomic_write_text(results.path("compare.md"), f"{header}\n\n{table}\n")
+        plot_compare(rows, results.path("compare.png"),
+                     f"{target.description} ({args.backend})\n{args.reps} repetitions per estimator")
+    print("wrote " + ", ".join(str(f) for f in results.files))
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -477,26 +474,31 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "compare",
         help="gradient variance and cost of estimator specs on the same parameters of a shipped model",
         description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
+        epilog=SPEC_HELP,
     )
     parser.add_argument("--model", choices=MODELS, required=True,
                         help="toy: the toy Gaussian; vae: the Gaussian VAE; discrete: the VAE with binary latents")
     parser.add_argument("--estimators", default=None,
                         help="comma-separated estimator specs (ppl_reparam.specs; relaxed+t=T for discrete). "
                         "None: " + "; ".join(f"{m}: {v}" for m, v in DEFAULT_ESTIMATORS.items()))
-    parser.add_argument("--reps", type=int, default=100, help="gradient estimates per spec")
-    parser.add_argument("--seed", type=int, default=0, help="seeds the draws and the VAEs' initial weights")
+    parser.add_argument("--reps", type=number(MIN_REPS, 10**6, integer=True), default=100,
+                        help="gradient estimates per spec")
+    parser.add_argument("--seed", type=number(0, 2**32 - 1, integer=True), default=0,
+                        help="seeds the draws and the VAEs' initial weights")
     parser.add_argument("--out", default="results/compare", help="folder for compare.csv/.json/.md/.png")
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch and BLAS")
-    parser.add_argument("--theta", type=float, default=2.0, help="the toy guide's mean")
+    parser.add_argument("--threads", type=number(1, 1024, integer=True), default=None,
+                        help="CPU threads for torch and BLAS (None: one, which these small operations run fastest on)")
+    parser.add_argument("--theta", type=number(-1e3, 1e3), default=2.0, help="the toy guide's mean")
     parser.add_argument("--backend", choices=BACKENDS, default="pyro",
                         help="measure through Pyro (torch) or NumPyro (JAX): each has its own models")
     parser.add_argument("--checkpoint", default=None,
                         help="a `ppl-reparam vae` run's checkpoint (or its folder) of the same --backend: "
                         "checkpoint.pt (pyro) or checkpoint.npz (numpyro); measure at its weights")
     parser.add_argument("--run", default=None, help="which run of --checkpoint, by its spec (None: the first)")
-    parser.add_argument("--batch-size", type=int, default=100, help="rows of the fixed batch (VAEs)")
-    parser.add_argument("--warmup", type=int, default=1000,
+    parser.add_argument("--batch-size", type=number(1, 10**6, integer=True), default=100,
+                        help="rows of the fixed batch (VAEs)")
+    parser.add_argument("--warmup", type=number(0, 10**7, integer=True), default=1000,
                         help="training-free updates of a ma or learned baseline before it is measured")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)

@@ -8,10 +8,10 @@ runs (so that ``ppl-reparam --help`` loads neither torch nor JAX).
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from ..families import DEFAULT_SAMPLES, Backend
-from .common import at_least, threads
+from ..stats import MIN_REPS
+from .common import HelpFormatter, number, threads
 
 BACKENDS = ("pyro", "numpyro")
 
@@ -29,9 +29,10 @@ def _backend(name: str) -> Backend:
 
 def run(args: argparse.Namespace) -> None:
     from ..families import family_table, summary_table
-    from ..report import atomic_write_text, write_csv, write_json
+    from ..report import ResultSet, atomic_write_text, check_output_folder, write_csv, write_json
 
     names = BACKENDS if args.backend == "both" else (args.backend,)
+    out = check_output_folder(args.out)
     backends = [_backend(name) for name in names]  # loads torch before the thread policy reaches it
     with threads(args.threads, work=args.samples):
         rows = family_table(backends, args.samples, args.seed)
@@ -41,14 +42,12 @@ def run(args: argparse.Namespace) -> None:
     table = summary_table(rows)
     print(header)
     print(table)
-    out = Path(args.out)
-    files = [
-        write_csv(rows, out / "families.csv"),
+    with ResultSet(out, "families") as results:
+        write_csv(rows, results.path("families.csv"))
         write_json({"samples": args.samples, "seed": args.seed, "backends": list(names), "rows": rows},
-                   out / "families.json"),
-        atomic_write_text(out / "families.md", f"{header}\n\n{table}\n"),
-    ]
-    print("wrote " + ", ".join(str(f) for f in files))
+                   results.path("families.json"))
+        atomic_write_text(results.path("families.md"), f"{header}\n\n{table}\n")
+    print("wrote " + ", ".join(str(f) for f in results.files))
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -56,13 +55,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "families",
         help="per distribution family: pathwise and score-function gradients of a closed-form expectation",
         description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
-    parser.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help="per-sample gradients per estimator")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--samples", type=number(MIN_REPS, 10**7, integer=True), default=DEFAULT_SAMPLES,
+                        help="per-sample gradients per estimator")
+    parser.add_argument("--seed", type=number(0, 2**32 - 1, integer=True), default=0)
     parser.add_argument("--backend", choices=[*BACKENDS, "both"], default="pyro",
                         help="Pyro, NumPyro, or both side by side in the table (NumPyro lacks some families)")
     parser.add_argument("--out", default="results", help="folder for families.csv, families.json, families.md")
-    parser.add_argument("--threads", type=at_least(1), default=None,
+    parser.add_argument("--threads", type=number(1, 1024, integer=True), default=None,
                         help="CPU threads for torch and BLAS (None: one unless an operation is large)")
     parser.set_defaults(func=run)

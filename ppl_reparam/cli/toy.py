@@ -25,7 +25,7 @@ from .. import analytic
 from ..report import ResultSet, check_output_folder, markdown_table, write_csv, write_json
 from ..specs import EstimatorSpec, parse_spec, parse_specs
 from ..stats import GradientStats
-from .common import SPEC_HELP, HelpFormatter, at_least, check_particles, number, threads
+from .common import SPEC_HELP, HelpFormatter, check_particles, number, threads
 
 DEFAULT_SAMPLES = (10, 100, 1000, 10000, 100000)
 DEFAULT_SPECS = "score+akl,pathwise+akl"
@@ -189,7 +189,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--backend", choices=[*BACKENDS, "both"], default="pyro",
                         help="Pyro, NumPyro, or both side by side in the table and plot")
     parser.add_argument("--out", default="results", help="folder for toy.csv, toy.json and toy.png")
-    parser.add_argument("--threads", type=at_least(1), default=None,
+    parser.add_argument("--threads", type=number(1, 1024, integer=True), default=None,
                         help="CPU threads for torch and BLAS (None: one unless an operation is large)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
