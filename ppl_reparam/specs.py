@@ -41,6 +41,11 @@ class EstimatorSpec:
     def is_iwae(self) -> bool:
         return self.base in IWAE_ESTIMATOR
 
+    @property
+    def min_particles(self) -> int:
+        """An IWAE bound and the leave-one-out baseline need two particles or more; the rest, one."""
+        return 2 if self.is_iwae or self.baseline == "rloo" else 1
+
     def __str__(self) -> str:
         options = [name for name, on in (("akl", self.analytic_kl), ("stl", self.stl)) if on]
         if isinstance(self.baseline, float):
@@ -90,7 +95,22 @@ def parse_spec(text: str) -> EstimatorSpec:
         raise ValueError(f"estimator spec {text!r}: baselines apply to the score function only")
     if spec.stl and base != "pathwise":
         raise ValueError(f"estimator spec {text!r}: stl applies to the pathwise estimator only")
+    if k and particles < spec.min_particles:
+        raise ValueError(f"estimator spec {text!r}: {_needs_particles(spec)}")
     return spec
+
+
+def _needs_particles(spec: EstimatorSpec) -> str:
+    what = "an IWAE bound" if spec.is_iwae else "the leave-one-out baseline"
+    return f"{what} needs K >= {spec.min_particles} particles, got {spec.particles}"
+
+
+def check_particles(spec: RunSpec) -> None:
+    """Refuse a spec with fewer particles than it needs (``score+rloo`` without ``:K``; a spec whose
+    ``:K`` is given is checked by :func:`parse_spec`)."""
+    if spec.particles < spec.min_particles:
+        raise ValueError(f"estimator spec {str(spec)!r}: {_needs_particles(spec)}; write {spec}:K with "
+                         f"K >= {spec.min_particles}")
 
 
 def parse_specs(text: str) -> list[EstimatorSpec]:
@@ -111,6 +131,7 @@ class RelaxedSpec:
     particles: int = 1
     base = "relaxed"
     is_iwae = False
+    min_particles = 1
     analytic_kl = False
     stl = False
     baseline = None

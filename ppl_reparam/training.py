@@ -33,6 +33,9 @@ from .data import Dataset, load_dataset
 from .report import check_output_folder, remove_stale_temporaries
 from .study import VAEConfig, VAEResult, derived_seed
 
+CHECKPOINTS = {"pyro": "checkpoint.pt", "numpyro": "checkpoint.npz"}
+"""Each backend's checkpoint file in a run's folder."""
+
 IMAGES = 10
 """Test images shown, with their reconstructions and as many prior samples."""
 
@@ -123,12 +126,21 @@ def train_vae(
     ``out/<backend.checkpoint>`` is written after every epoch; ``resume=True`` continues from it (a
     ValueError if it is missing, damaged, incomplete, of the other backend, or made with other settings
     than ``config``, ``epochs`` aside). Without ``resume`` a folder that holds a checkpoint is refused
-    unless ``overwrite``. A spec that cannot apply to the model is a ValueError before any training.
+    unless ``overwrite``, and so is one holding the other backend's checkpoint (``overwrite`` replaces
+    it: it is removed once this run's first checkpoint is written). A spec that cannot apply to the
+    model is a ValueError before any training.
     ``progress``: False for silence; otherwise a progress bar on a terminal, and elsewhere (logs, CI,
     ``| tee``) a line per epoch and per measurement on stderr.
     """
     folder = check_output_folder(out)
     path = folder / backend.checkpoint
+    other = next((folder / name for b, name in CHECKPOINTS.items() if b != backend.name and (folder / name).exists()),
+                 None)
+    if other is not None and not overwrite:
+        raise ValueError(
+            f"--out {folder} holds a run of the other backend (its checkpoint {other.name}); give another --out, or "
+            "--overwrite to replace it"
+        )
     if not resume and path.exists() and not overwrite:
         raise ValueError(
             f"--out {folder} holds a run (its checkpoint {path.name}); pass --resume to continue it, --overwrite "
@@ -190,6 +202,8 @@ def train_vae(
         raise ValueError(f"--resume: {path} is at epoch {start}, past --epochs {config.epochs}")
     if not resume:
         save(0)
+        if other is not None:  # --overwrite of the other backend's run, now that this one has a checkpoint
+            other.unlink(missing_ok=True)
     bar = tqdm(range(start + 1, config.epochs + 1), desc=f"vae ({backend.name})", unit="epoch",
                disable=progress is False or not terminal)
     for epoch in bar:

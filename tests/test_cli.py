@@ -87,3 +87,42 @@ def test_help_does_not_import_torch_or_jax(args):
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "LOADED []"
     assert "usage: ppl-reparam" in result.stdout
+
+
+@pytest.mark.parametrize("message", ["[enforce fail at alloc_cpu.cpp:118] DefaultCPUAllocator: can't allocate memory: "
+                                     "you tried to allocate 4000000000000 bytes", "CUDA out of memory.\nTried ..."])
+def test_out_of_memory_is_one_line_and_exit_1(message, monkeypatch, tmp_path, capsys):
+    from ppl_reparam.cli import toy
+
+    def exhausted(*args, **kwargs):
+        raise RuntimeError(message)
+
+    monkeypatch.setattr(toy, "sweep", exhausted)
+    assert main(["toy", "--samples", "10", "--reps", "5", "--out", str(tmp_path), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("ppl-reparam toy: error: out of memory (") and err.count("\n") == 1, err
+    assert "fewer particles" in err and not any(tmp_path.iterdir())
+
+
+def test_other_runtime_errors_are_not_taken_for_out_of_memory(monkeypatch, tmp_path):
+    from ppl_reparam.cli import toy
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(toy, "sweep", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["toy", "--samples", "10", "--reps", "5", "--out", str(tmp_path), "--quiet"])
+
+
+def test_pyro_trace_shapes_are_left_out_of_the_one_line_error():
+    from ppl_reparam.cli import one_line
+
+    try:
+        try:
+            raise ValueError("site 'z': no rsample")
+        except ValueError as e:
+            raise ValueError(f"{e}\n   Trace Shapes:\n    Param Sites:") from e
+    except ValueError as outer:
+        assert one_line(outer) == "site 'z': no rsample"
+    assert one_line(ValueError("two\nlines")) == "two lines"

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from . import compare, families, toy, vae
-from .common import OneLineParser
+from .common import OneLineParser, out_of_memory
 
 COMMANDS = (toy, vae, compare, families)
 """Modules with ``add_parser(subparsers)``, which registers a subcommand whose ``func`` runs it."""
@@ -42,12 +42,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args.func(args)
     except (ValueError, FileNotFoundError) as e:
-        print(f"ppl-reparam {args.command}: error: {e}", file=sys.stderr)
+        print(f"ppl-reparam {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 2
+    except (MemoryError, RuntimeError) as e:
+        if not out_of_memory(e):
+            raise
+        print(f"ppl-reparam {args.command}: error: out of memory ({one_line(e)}); give fewer particles, a smaller "
+              "--batch-size or smaller layers", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"ppl-reparam {args.command}: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def one_line(error: BaseException) -> str:
+    """``error``'s message on one line, without the trace-shape tables Pyro appends to an error raised
+    inside a model or guide (kept in ``__cause__`` chains of the same message)."""
+    while error.__cause__ is not None and str(error).startswith(str(error.__cause__)):
+        error = error.__cause__
+    return " ".join(str(error).split())
 
 
 if __name__ == "__main__":

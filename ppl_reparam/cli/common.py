@@ -87,7 +87,7 @@ def threads(n: int | None, work: int | None = None) -> AbstractContextManager[No
     return limited_threads(auto_threads(work, n))
 
 
-BYTES_PER_PARTICLE = 512
+TOY_BYTES_PER_PARTICLE = 512
 """A generous bound on the memory one toy particle takes in a vectorized pass (values, log densities,
 the surrogate and their gradients)."""
 
@@ -100,11 +100,33 @@ def memory_bytes() -> int:
         return 2**40
 
 
-def check_particles(option: str, particles: int) -> None:
-    """Refuse, before any work, a particle count whose one vectorized pass would not fit in memory."""
-    need, have = particles * BYTES_PER_PARTICLE, memory_bytes()
+def check_memory(option: str, particles: int, bytes_per_particle: int = TOY_BYTES_PER_PARTICLE) -> None:
+    """Refuse, before any work, a particle count whose one vectorized pass would not fit in memory
+    (a quarter of it, by the rough bound ``bytes_per_particle``)."""
+    need, have = particles * bytes_per_particle, memory_bytes()
     if need > have // 4:
         raise ValueError(
             f"{option}: {particles} particles in one estimate need about {need / 2**30:.0f} GiB, more than a "
-            f"quarter of this machine's {have / 2**30:.0f} GiB; at most {have // 4 // BYTES_PER_PARTICLE} fit"
+            f"quarter of this machine's {have / 2**30:.0f} GiB; at most {have // 4 // bytes_per_particle} fit"
         )
+
+
+def text(option: str) -> Any:
+    """An argument type: a non-empty string (a path: ``--out ''`` would mean the current folder)."""
+
+    def parse(value: str) -> str:
+        if not value.strip():
+            raise argparse.ArgumentTypeError(f"expected a non-empty path or name for {option}, got {value!r}")
+        return value
+
+    return parse
+
+
+def out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is an allocation failure (Python's, torch's CPU or CUDA allocator's, XLA's)."""
+    if isinstance(error, MemoryError):
+        return True
+    message = str(error)
+    return isinstance(error, RuntimeError) and any(
+        sign in message for sign in ("can't allocate memory", "out of memory", "RESOURCE_EXHAUSTED")
+    )

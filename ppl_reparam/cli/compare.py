@@ -59,12 +59,11 @@ from typing import Any, Protocol
 from ..report import ResultSet, atomic_write_text, check_output_folder, markdown_table, write_csv, write_json
 from ..stats import MIN_REPS, GradientStats
 from ..threads import auto_threads, limited_threads
-from .common import SPEC_HELP, HelpFormatter, number
+from ..training import CHECKPOINTS
+from .common import SPEC_HELP, TOY_BYTES_PER_PARTICLE, HelpFormatter, check_memory, number, text
 
 MODELS = ("toy", "vae", "discrete")
 BACKENDS = ("pyro", "numpyro")
-CHECKPOINTS = {"pyro": "checkpoint.pt", "numpyro": "checkpoint.npz"}
-"""Each backend's ``ppl-reparam vae`` checkpoint file."""
 DEFAULT_ESTIMATORS = {
     "toy": "score,score+rloo:4,score+ma,pathwise,pathwise+stl,iwae:5,iwae-vimco:5,iwae-dreg:5",
     "vae": "pathwise,pathwise+stl,score,score+rloo:4,iwae:5,iwae-dreg:5",
@@ -187,7 +186,7 @@ class NumPyroTarget:
 
 def parse_estimators(text: str, model: str) -> list:
     """The specs of ``--estimators``, checked against the model (relaxations: discrete only)."""
-    from ..specs import RelaxedSpec, parse_run_spec
+    from ..specs import RelaxedSpec, check_particles, parse_run_spec
 
     specs = [parse_run_spec(part) for part in text.split(",") if part.strip()]
     if not specs:
@@ -199,7 +198,24 @@ def parse_estimators(text: str, model: str) -> list:
     for spec in specs:
         if isinstance(spec, RelaxedSpec) and model != "discrete":
             raise ValueError(f"{spec}: the Concrete relaxation applies to the discrete model (--model discrete)")
+        check_particles(spec)
     return specs
+
+
+def check_specs_memory(specs: list, model: str, batch_size: int, checkpoint: str | None) -> None:
+    """Refuse, before any work, a spec whose particles would not fit in memory (a rough bound: the
+    toy's, or the VAE's at the default layers, for MNIST-sized images when a checkpoint is measured)."""
+    from ..study import DEFAULT_LATENT_DIM, VAEConfig
+    from .vae import bytes_per_particle
+
+    if model == "toy":
+        size = TOY_BYTES_PER_PARTICLE
+    else:
+        data = "digits" if checkpoint is None else "a file"
+        latent_dim = DEFAULT_LATENT_DIM["discrete" if model == "discrete" else "gaussian"]
+        size = bytes_per_particle(data, batch_size, VAEConfig.hidden, latent_dim)
+    for spec in specs:
+        check_memory(f"--estimators {spec}", spec.particles, size)
 
 
 def checkpoint_file(checkpoint: str, backend: str) -> Path:
@@ -438,6 +454,7 @@ def run(args: argparse.Namespace) -> None:
     if args.estimators is not None and not args.estimators.strip(" ,"):
         raise ValueError("--estimators: no estimator spec given (leave the option out for the defaults)")
     specs = parse_estimators(args.estimators or DEFAULT_ESTIMATORS[args.model], args.model)
+    check_specs_memory(specs, args.model, args.batch_size, args.checkpoint)
     if args.model == "toy" and (args.checkpoint or args.run):
         raise ValueError("--checkpoint and --run apply to the VAEs (--model vae or discrete), not the toy")
     out = check_output_folder(args.out)
@@ -486,13 +503,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="gradient estimates per spec")
     parser.add_argument("--seed", type=number(0, 2**32 - 1, integer=True), default=0,
                         help="seeds the draws and the VAEs' initial weights")
-    parser.add_argument("--out", default="results/compare", help="folder for compare.csv/.json/.md/.png")
+    parser.add_argument("--out", type=text("--out"), default="results/compare",
+                        help="folder for compare.csv/.json/.md/.png")
     parser.add_argument("--threads", type=number(1, 1024, integer=True), default=None,
                         help="CPU threads for torch and BLAS (None: one, which these small operations run fastest on)")
     parser.add_argument("--theta", type=number(-1e3, 1e3), default=2.0, help="the toy guide's mean")
     parser.add_argument("--backend", choices=BACKENDS, default="pyro",
                         help="measure through Pyro (torch) or NumPyro (JAX): each has its own models")
-    parser.add_argument("--checkpoint", default=None,
+    parser.add_argument("--checkpoint", type=text("--checkpoint"), default=None,
                         help="a `ppl-reparam vae` run's checkpoint (or its folder) of the same --backend: "
                         "checkpoint.pt (pyro) or checkpoint.npz (numpyro); measure at its weights")
     parser.add_argument("--run", default=None, help="which run of --checkpoint, by its spec (None: the first)")

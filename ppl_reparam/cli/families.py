@@ -11,7 +11,7 @@ import argparse
 
 from ..families import DEFAULT_SAMPLES, Backend
 from ..stats import MIN_REPS
-from .common import HelpFormatter, number, threads
+from .common import HelpFormatter, number, text, threads
 
 BACKENDS = ("pyro", "numpyro")
 
@@ -62,7 +62,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=number(0, 2**32 - 1, integer=True), default=0)
     parser.add_argument("--backend", choices=[*BACKENDS, "both"], default="pyro",
                         help="Pyro, NumPyro, or both side by side in the table (NumPyro lacks some families)")
-    parser.add_argument("--out", default="results", help="folder for families.csv, families.json, families.md")
+    parser.add_argument("--out", type=text("--out"), default="results",
+                        help="folder for families.csv, families.json, families.md")
     parser.add_argument("--threads", type=number(1, 1024, integer=True), default=None,
                         help="CPU threads for torch and BLAS (None: one unless an operation is large)")
     parser.set_defaults(func=run)

@@ -25,7 +25,7 @@ from .. import analytic
 from ..report import ResultSet, check_output_folder, markdown_table, write_csv, write_json
 from ..specs import EstimatorSpec, parse_spec, parse_specs
 from ..stats import GradientStats
-from .common import SPEC_HELP, HelpFormatter, check_particles, number, threads
+from .common import SPEC_HELP, HelpFormatter, check_memory, number, text, threads
 
 DEFAULT_SAMPLES = (10, 100, 1000, 10000, 100000)
 DEFAULT_SPECS = "score+akl,pathwise+akl"
@@ -142,7 +142,10 @@ def summary_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def run(args: argparse.Namespace) -> None:
-    specs = parse_specs(args.estimators)
+    try:
+        specs = parse_specs(args.estimators)
+    except ValueError as e:
+        raise ValueError(f"--estimators: {e}") from None
     if any(spec.is_iwae for spec in specs):
         raise ValueError("--estimators: the toy sweep takes score and pathwise specs; compare IWAE with "
                          "`ppl-reparam compare --model toy`")
@@ -152,7 +155,10 @@ def run(args: argparse.Namespace) -> None:
                          "same numbers as plain score); `ppl-reparam compare --model toy` warms it up first")
     samples = parse_samples(args.samples)
     for n in samples:
-        check_particles("--samples", n)
+        check_memory("--samples", n)
+    for spec in specs:
+        if min(samples) < spec.min_particles:
+            raise ValueError(f"--samples {min(samples)}: {spec} needs N >= {spec.min_particles} samples per estimate")
     out = check_output_folder(args.out)
     backends = BACKENDS if args.backend == "both" else (args.backend,)
     if "pyro" in backends:
@@ -188,7 +194,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=number(0, 2**32 - 1, integer=True), default=0)
     parser.add_argument("--backend", choices=[*BACKENDS, "both"], default="pyro",
                         help="Pyro, NumPyro, or both side by side in the table and plot")
-    parser.add_argument("--out", default="results", help="folder for toy.csv, toy.json and toy.png")
+    parser.add_argument("--out", type=text("--out"), default="results", help="folder for toy.csv, toy.json and toy.png")
     parser.add_argument("--threads", type=number(1, 1024, integer=True), default=None,
                         help="CPU threads for torch and BLAS (None: one unless an operation is large)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")

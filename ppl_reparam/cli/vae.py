@@ -48,10 +48,20 @@ from pathlib import Path
 from typing import Any
 
 from ..report import ResultSet, check_output_folder, markdown_table, write_csv, write_json
-from ..specs import RelaxedSpec, RunSpec, parse_run_spec, parse_spec
+from ..specs import RelaxedSpec, RunSpec, check_particles, parse_run_spec, parse_spec
 from ..stats import MIN_REPS
 from ..study import DEFAULT_LATENT_DIM, MODELS, VAEConfig, VAEResult
-from .common import SPEC_HELP, HelpFormatter, int_list, number, sigterm_as_interrupt, threads
+from .common import (
+    SPEC_HELP,
+    HelpFormatter,
+    check_memory,
+    int_list,
+    memory_bytes,
+    number,
+    sigterm_as_interrupt,
+    text,
+    threads,
+)
 
 DEFAULT_ESTIMATORS = {
     ("gaussian", False): "pathwise",
@@ -100,8 +110,41 @@ def resolve_estimators(
             if spec.is_iwae or isinstance(spec, RelaxedSpec):
                 raise ValueError(f"--analytic-kl applies to score and pathwise specs, not {spec}")
             spec = replace(spec, analytic_kl=True)
+        check_particles(spec)
         specs.append(str(spec))
     return tuple(specs)
+
+
+def _pixels(data: str) -> int:
+    """Pixels per image: 64 for digits, at most 784 (MNIST) for a file."""
+    return 64 if data == "digits" else 784
+
+
+def bytes_per_particle(data: str, batch_size: int, hidden: tuple[int, ...], latent_dim: int) -> int:
+    """A rough bound on one particle's memory in a pass of the VAE over a batch: float32 activations of
+    the encoder and decoder (pixels in and out, hidden layers both ways, the latent's parameters and
+    draws), kept for the backward pass, and their gradients."""
+    return 4 * 4 * batch_size * (2 * _pixels(data) + 2 * sum(hidden) + 4 * latent_dim)
+
+
+def check_network_memory(data: str, hidden: tuple[int, ...], latent_dim: int, runs: int) -> None:
+    """Refuse, before any work, networks whose weights (with their gradients and Adam's two moments,
+    float32, one copy per run) would take more than a quarter of this machine's memory."""
+    sizes = (_pixels(data), *hidden)
+    weights = 2 * sum(a * b for a, b in zip(sizes, sizes[1:])) + 3 * hidden[-1] * latent_dim
+    need, have = 16 * weights * runs, memory_bytes()
+    if need > have // 4:
+        raise ValueError(f"--hidden {','.join(map(str, hidden))} --latent-dim {latent_dim}: {runs} run(s) of "
+                         f"{weights:,} weights need about {need / 2**30:.0f} GiB with their gradients and optimizer "
+                         f"state, more than a quarter of this machine's {have / 2**30:.0f} GiB")
+
+
+def variance_reps(value: str) -> int:
+    """An argument type: 0 (no variance measurement) or at least :data:`~ppl_reparam.stats.MIN_REPS`."""
+    reps = number(0, 10**6, integer=True)(value)
+    if 0 < reps < MIN_REPS:
+        raise argparse.ArgumentTypeError(f"must be 0 (no measurement) or at least {MIN_REPS}, got {value!r}")
+    return reps
 
 
 def config_from_args(args: argparse.Namespace) -> VAEConfig:
@@ -116,6 +159,10 @@ def config_from_args(args: argparse.Namespace) -> VAEConfig:
                                     args.analytic_kl)
     measure_on = tuple(m.strip() for m in (args.measure_on or "").split(",") if m.strip())
     latent_dim = args.latent_dim or DEFAULT_LATENT_DIM[args.model]
+    size = bytes_per_particle(args.data, args.batch_size, args.hidden, latent_dim)
+    for spec in estimators:
+        check_memory(f"--estimator {spec}", parse_run_spec(spec).particles, size)
+    check_network_memory(args.data, args.hidden, latent_dim, len(estimators))
     return VAEConfig(
         estimators=estimators, compare=args.compare, model=args.model, epochs=args.epochs,
         batch_size=args.batch_size, latent_dim=latent_dim, hidden=args.hidden, lr=args.lr, data=args.data,
@@ -300,14 +347,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--lr", type=number(0, 10, open_low=True), default=VAEConfig.lr, help="Adam learning rate")
     parser.add_argument("--num-particles", type=number(1, 10**6, integer=True), default=None,
                         help="samples per gradient estimate for specs without ':K' (an error with one that has it)")
-    parser.add_argument("--data", default=VAEConfig.data, help="digits, or a path to an MNIST IDX or .npz file")
+    parser.add_argument("--data", type=text("--data"), default=VAEConfig.data,
+                        help="digits, or a path to an MNIST IDX or .npz file")
     parser.add_argument("--seed", type=number(0, 2**32 - 1, integer=True), default=VAEConfig.seed,
                         help="seeds the split, the initial weights and every random stream")
-    parser.add_argument("--out", default="results/vae", help="folder for results, figures and checkpoint")
+    parser.add_argument("--out", type=text("--out"), default="results/vae",
+                        help="folder for results, figures and checkpoint")
     parser.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
     parser.add_argument("--overwrite", action="store_true",
                         help="start over in an --out that holds a run (its checkpoint and results are replaced)")
-    parser.add_argument("--variance-reps", type=number(0, 10**6, integer=True), default=VAEConfig.variance_reps,
+    parser.add_argument("--variance-reps", type=variance_reps, default=VAEConfig.variance_reps,
                         help=f"gradient estimates per variance measurement (0: none; else at least {MIN_REPS})")
     parser.add_argument("--variance-every", type=number(1, 10**6, integer=True), default=VAEConfig.variance_every,
                         help="epochs between variance measurements (also at epoch 0 and the last)")

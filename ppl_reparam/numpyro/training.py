@@ -53,7 +53,7 @@ from ..report import atomic_write_checked, read_checked
 from ..specs import EstimatorSpec, RelaxedSpec, RunSpec, parse_run_spec
 from ..stats import GradientStats
 from ..study import VAEConfig, comparison_rows, derived_seed, group_names, group_rows
-from ..training import check_complete
+from ..training import CHECKPOINTS, check_complete
 from .baselines import LearnedBaseline
 from .specs import make_elbo
 from .variance import gradient_variance
@@ -75,7 +75,7 @@ __all__ = [
 
 MAX_ELEMENTS = 2**23
 """Most elements (particles x rows x pixels) in one vectorized evaluation pass."""
-CHECKPOINT = "checkpoint.npz"
+CHECKPOINT = CHECKPOINTS["numpyro"]
 
 ModelFactory = Callable[[str, int, Sequence[int], int, "float | None"], Any]
 """``(kind, input_dim, hidden, latent_dim, temperature) -> vae``: the study's VAE ``kind`` ("gaussian" or
@@ -296,7 +296,7 @@ def save_checkpoint(meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray], p
 def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """``(meta, arrays)`` from a checkpoint written by :func:`save_checkpoint` (no pickles); a ValueError
     naming the file if it is missing, damaged (its digest does not match) or not a checkpoint of a run."""
-    remedy = "run without --resume (with --overwrite) to start over, or give the folder of an intact run"
+    remedy = "give an intact checkpoint, or start the run over (`ppl-reparam vae --overwrite`)"
     payload = read_checked(path, "ppl-reparam checkpoint", remedy)
     try:
         with np.load(io.BytesIO(payload), allow_pickle=False) as npz:

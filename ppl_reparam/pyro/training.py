@@ -39,7 +39,7 @@ from ..data import Dataset, binarize, minibatches
 from ..report import atomic_write_checked, read_checked
 from ..specs import EstimatorSpec, RelaxedSpec, RunSpec, parse_run_spec
 from ..study import VAEConfig, comparison_rows, derived_seed, group_names, group_rows
-from ..training import check_complete
+from ..training import CHECKPOINTS, check_complete
 from .baselines import LearnedBaseline
 from .specs import make_elbo
 from .variance import gradient_variance, isolated_rng
@@ -50,7 +50,7 @@ VAE ``kind`` ("gaussian" or "discrete"), weights from torch's RNG (:func:`ppl_re
 
 MAX_ELEMENTS = 2**23
 """Most elements (particles x rows x pixels) in one vectorized evaluation pass."""
-CHECKPOINT = "checkpoint.pt"
+CHECKPOINT = CHECKPOINTS["pyro"]
 MAX_PLATE_NESTING = 1
 """The VAEs have one plate, over the data."""
 
@@ -265,7 +265,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Load a checkpoint written by :func:`save_checkpoint` (tensors and plain Python values only:
     ``weights_only=True``); a ValueError naming the file if it is missing, damaged (its digest does not
     match) or not a checkpoint of this backend."""
-    remedy = "run without --resume (with --overwrite) to start over, or give the folder of an intact run"
+    remedy = "give an intact checkpoint, or start the run over (`ppl-reparam vae --overwrite`)"
     payload = read_checked(path, "ppl-reparam checkpoint", remedy)
     try:
         state = torch.load(io.BytesIO(payload), weights_only=True)
