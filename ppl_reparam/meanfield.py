@@ -38,6 +38,11 @@ line, :math:`m` on the positive line, :math:`\sqrt{m(1-m)}` on [0, 1] and the si
 - Dirichlet: :math:`\nu` the mean of that expression over the simplex (exact for a Dirichlet prior,
   whose components share it).
 
+Medians and quantiles (:func:`marginal_quantiles`, the guides' ``median`` and ``quantiles``, as
+AutoGuides have) are those of each element's marginal under its factor, exact (SciPy's inverse CDFs):
+for a Dirichlet site, of the Beta marginals :math:`\mathrm{Beta}(\alpha_i, \sum_j \alpha_j - \alpha_i)`,
+so a site's medians need not sum to one.
+
 Each backend subclasses :class:`MeanFieldRules` with its array functions (:class:`ArrayOps`), its
 classification of support constraints and the words of its error messages. The names of the support
 kinds (``"real"``, ``"positive"``, ``"unit_interval"``, ``"simplex"``) and of the families'
@@ -52,9 +57,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
+
 from .forcing import check_estimator
 
-__all__ = ["DEFAULT_FAMILIES", "FAMILIES", "ArrayOps", "Family", "MeanFieldRules"]
+__all__ = ["DEFAULT_FAMILIES", "FAMILIES", "ArrayOps", "Family", "MeanFieldRules", "marginal_quantiles"]
 
 Array = Any
 """A torch tensor or a JAX array."""
@@ -246,3 +253,30 @@ class MeanFieldRules:
         """The family's initial parameters, in the order of ``family.params``: matched to ``mean`` and
         :meth:`init_sd` (see the module's docstring)."""
         return family.match(self.ops, mean, self.init_sd(family.support, mean, prior_sd))
+
+
+def marginal_quantiles(family: Family, arguments: Sequence[np.ndarray], probs: Sequence[float]) -> np.ndarray:
+    """The ``probs`` quantiles of each element of a factor of ``family`` whose distribution takes
+    ``arguments`` (NumPy arrays, as ``family.arguments`` gives them): shape ``(len(probs), *shape)``.
+    A Dirichlet's are those of its Beta marginals (see the module's docstring)."""
+    from scipy import stats
+
+    p = np.asarray(probs, dtype=np.float64)
+    if p.ndim != 1 or not np.all((p >= 0) & (p <= 1)):
+        raise ValueError(f"quantiles must be a list of probabilities in [0, 1], got {probs!r}")
+    arguments = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64) for a in arguments))
+    p = p.reshape((-1,) + (1,) * arguments[0].ndim)
+    kind = family.distribution
+    if kind == "Normal":
+        return stats.norm.ppf(p, *arguments)
+    if kind == "LogNormal":
+        return np.exp(stats.norm.ppf(p, *arguments))
+    if kind == "Gamma":
+        concentration, rate = arguments
+        return stats.gamma.ppf(p, concentration, scale=1 / rate)
+    if kind == "Beta":
+        return stats.beta.ppf(p, *arguments)
+    if kind == "Dirichlet":
+        (alpha,) = arguments
+        return stats.beta.ppf(p, alpha, alpha.sum(-1, keepdims=True) - alpha)
+    raise NotImplementedError(f"no quantiles for the family {family.name!r}")

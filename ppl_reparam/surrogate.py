@@ -3,7 +3,8 @@ r"""The surrogate loss of this package's ELBOs, written once for both backends (
 The loss is :math:`L = -\mathrm{ELBO} = \sum_t \ell_t`, a sum of terms over the sites of one
 particle's guide and model traces: :math:`\ell_t = \log q_t(z_t)` at a guide site,
 :math:`-\log p_t` at a model site, or, with ``analytic_kl=True``, the closed-form
-:math:`\mathrm{KL}(q_t \| p_t)` in place of both at a guide latent; each scaled and masked as the site
+:math:`\mathrm{KL}(q_t \| p_t)` in place of both at a guide latent that has one (elsewhere, as in
+``TraceMeanField_ELBO``, the two Monte Carlo terms, with a warning); each scaled and masked as the site
 says. Its gradient is that of the surrogate (Schulman, Heess, Weber and Abbeel 2015)
 
 .. math::
@@ -43,6 +44,7 @@ an :class:`ArrayOps` for its array library.
 from __future__ import annotations
 
 import numbers
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -168,13 +170,14 @@ def loss_terms(
     order, then the model sites not replaced by a closed-form KL.
 
     :param closed_form_kl: the backend's scaled :math:`\\mathrm{KL}(q_t \\| p_t)` of a guide latent and
-        its model site (None for a guide-only site; the backend raises a ValueError naming it).
+        its model site (None for a guide-only site), or None where it has no closed form: the site then
+        keeps its Monte Carlo terms.
     :param path_log_prob: the backend's scaled path derivative of a guide site's :math:`\\log q`.
     """
     terms, closed = [], set()
     for site in guide:
-        if analytic_kl and site.latent:
-            kl = closed_form_kl(site, model.get(site.name))
+        kl = closed_form_kl(site, model.get(site.name)) if analytic_kl and site.latent else None
+        if kl is not None:
             terms.append(Term(site.name, site.frames, kl, kl, closed_form=True))
             closed.add(site.name)
         elif site.score:
@@ -314,28 +317,31 @@ def closed_form_kl(
     flat_prior: bool,
     describe: Callable[[Any], str],
     registry: str,
-) -> Array:
+) -> Array | None:
     """Closed-form :math:`\\mathrm{KL}(q \\| p)` at site ``name``, or :math:`-H(q)` under a flat prior
-    (``flat_prior``: an ``ImproperUniform``); else a ValueError naming the site, the distributions and
-    what to do. ``p`` is None at a guide-only (auxiliary) site; ``registry`` names where KLs register."""
+    (``flat_prior``: an ``ImproperUniform``); None, with a warning naming the site, the distributions
+    and why, where there is none: a guide-only (auxiliary) site (``p`` None, as in AutoGuides), a pair
+    with no KL registered (``registry`` says where KLs register), a flat prior over a ``q`` without a
+    closed-form entropy. The site's KL is then estimated by Monte Carlo, as Pyro's and NumPyro's
+    ``TraceMeanField_ELBO`` do."""
     if p is None:
-        raise ValueError(
-            f"site {name!r}: analytic_kl=True needs the site's prior, but {describe(q)} is a "
-            "guide-only (auxiliary) site, as in AutoGuides. Use analytic_kl=False (Monte Carlo)."
-        )
-    try:
-        return kl_divergence(q, p)
-    except NotImplementedError:
-        if not flat_prior:
-            raise ValueError(
-                f"site {name!r}: analytic_kl=True, but KL({describe(q)} || {describe(p)}) has no closed "
-                f"form registered with {registry} and the prior is not flat. Use analytic_kl=False "
-                "(Monte Carlo) or register one there."
-            ) from None
-    try:
-        return -q.entropy()
-    except NotImplementedError:
-        raise ValueError(
-            f"site {name!r}: analytic_kl=True under a flat prior needs the entropy of {describe(q)} in "
-            "closed form, and it has none. Use analytic_kl=False."
-        ) from None
+        reason = f"{describe(q)} is a guide-only (auxiliary) site, with no prior to take the KL against"
+    else:
+        try:
+            return kl_divergence(q, p)
+        except NotImplementedError:
+            reason = (
+                f"KL({describe(q)} || {describe(p)}) has no closed form registered with {registry} (register "
+                "one there to use it)"
+            )
+        if flat_prior:
+            try:
+                return -q.entropy()
+            except NotImplementedError:
+                reason = f"the prior is flat and {describe(q)} has no closed-form entropy"
+    warnings.warn(
+        f"site {name!r}: analytic_kl=True, but {reason}; its KL is estimated by Monte Carlo there (its log q, and "
+        "the model's log p where it has one), as TraceMeanField_ELBO does",
+        stacklevel=2,
+    )
+    return None

@@ -309,3 +309,40 @@ def test_both_backends_refuse_a_site_with_the_same_family_choice_errors(backend)
     ]:
         with pytest.raises(ValueError, match=message):
             build(backend, gamma, **options)
+
+
+def test_median_and_quantiles_are_each_elements_marginal_ones():
+    """``median()`` and ``quantiles(ps)`` as Pyro's AutoGuides have them (Pyro's ``sparse_regression``
+    calls ``guide.median()``): exact for the Normal (loc + scale x the standard normal's quantile) and
+    the LogNormal (its exp); for every family, the fraction of N draws of the factor below each
+    quantile is p within K_SE binomial standard errors (element by element; a Dirichlet's marginals)."""
+    pyro.set_rng_seed(0)
+    guide = MeanField(every_support, families={"shape": "gamma"})
+    guide()
+    probs = [0.05, 0.5, 0.95]
+    quantiles, median = guide.quantiles(probs), guide.median()
+    assert sorted(quantiles) == sorted(median) == sorted(guide._family)
+    standard = dist.Normal(0.0, 1.0).icdf(torch.tensor(probs))
+    assert_close(quantiles["real"], 1.0 + 0.2 * standard)
+    lognormal = guide.distribution("positive")
+    assert_close(quantiles["positive"], (lognormal.loc + lognormal.scale * standard).exp())
+    n = 400_000
+    for name, values in quantiles.items():
+        fn = guide.distribution(name)
+        assert values.shape == (len(probs), *fn.shape()) and torch.equal(median[name], values[1])
+        draws = fn.sample((n,))
+        for p, q in zip(probs, values):
+            below = (draws < q).double().mean(0)
+            assert (below - p).abs().max() <= K_SE * math.sqrt(p * (1 - p) / n), (name, p, below)
+
+
+def test_median_before_the_first_call():
+    pyro.clear_param_store()
+    guide = MeanField(normal_normal.model)
+    with pytest.raises(ValueError, match="call the guide, or pass the model's arguments"):
+        guide.median()
+    data = torch.tensor([0.5, 1.0])
+    median = guide.median(data)  # the model's arguments, as for AutoGuides
+    assert_close(median["mu"], guide.distribution("mu").loc)
+    with pytest.raises(ValueError, match=r"probabilities in \[0, 1\]"):
+        guide.quantiles([0.5, 1.5])

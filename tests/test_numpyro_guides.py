@@ -269,3 +269,31 @@ def test_svi_reaches_the_beta_bernoulli_posterior(estimator):
     mean, sd = (float(jnp.mean(x[kept:])) for x in moments(svi.init(random.PRNGKey(0))))
     assert abs(mean - POSTERIOR_MEAN) <= 0.05 * POSTERIOR_SD, (mean, POSTERIOR_MEAN)
     assert abs(sd / POSTERIOR_SD - 1) <= 0.05, (sd, POSTERIOR_SD)
+
+
+def test_median_and_quantiles_equal_the_pyro_guides():
+    """NumPyro's ``median(params)`` and ``quantiles(params, ps)``: the Pyro guide's (the same rules,
+    the same initial parameters, the same SciPy quantiles; the Pyro test checks them against draws),
+    and at trained params those params' own quantiles. The HalfCauchy site starts at the prior's
+    empirical median, drawn by each backend's own random numbers, so it is left out."""
+    import pyro
+
+    from ppl_reparam.pyro import MeanField as PyroMeanField
+    from tests.test_mean_field import every_support as pyro_every_support
+
+    guide = MeanField(every_support, families={"shape": "gamma"})
+    with seed(rng_seed=0):
+        guide._setup_prototype()
+    pyro.set_rng_seed(0)
+    pyro_guide = PyroMeanField(pyro_every_support, families={"shape": "gamma"})
+    pyro_guide()
+    probs = [0.05, 0.5, 0.95]
+    ours, theirs = guide.quantiles({}, probs), pyro_guide.quantiles(probs)
+    assert sorted(ours) == sorted(theirs)
+    for name, values in theirs.items():
+        if name == "heavy":
+            continue
+        np.testing.assert_allclose(np.asarray(ours[name]), values.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(guide.median({})["unit"]), pyro_guide.median()["unit"].numpy(), rtol=1e-5)
+    moved = guide.median({"MeanField.params.real.loc": jnp.array(-3.0)})
+    assert float(moved["real"]) == -3.0

@@ -26,7 +26,8 @@ NumPyro's ELBOs, so its draws are theirs; several take their guide and model key
 ``analytic_kl=False`` is Kingma and Welling's estimator A (the whole ELBO by Monte Carlo);
 ``analytic_kl=True`` is their estimator B: :math:`\mathrm{KL}(q_t \| p_t)` in closed form where
 :mod:`numpyro.distributions.kl` registers one, :math:`-H(q_t)` where the prior is flat
-(``ImproperUniform``), and a ValueError naming the site otherwise (guide-only sites included). The
+(``ImproperUniform``), and elsewhere (guide-only sites, as in AutoGuides; pairs with no registered KL)
+the Monte Carlo terms, with a warning naming the site, as NumPyro's ``TraceMeanField_ELBO`` does. The
 closed form is exact when the guide is mean field; a site whose prior depends on its own sample through
 sites the guide draws after it (found by provenance over every latent) is a ValueError naming it.
 
@@ -255,8 +256,9 @@ class EstimatorELBO(ELBO):
         return traces(keys, *run, ForceEstimatorMessenger(self.estimator, self.sites), **options)
 
     # ------------------------------------------------------------------------------ loss terms
-    def _closed_form_kl(self, q_site: sg.Site, p_site: sg.Site | None) -> jax.Array:
-        """Closed-form KL(q || p), or -H(q) under a flat prior, scaled as the guide site."""
+    def _closed_form_kl(self, q_site: sg.Site, p_site: sg.Site | None) -> jax.Array | None:
+        """Closed-form KL(q || p), or -H(q) under a flat prior, scaled as the guide site; None where
+        there is none (:func:`ppl_reparam.surrogate.closed_form_kl`)."""
         node = q_site.node
         q = node["fn"].base_dist if isinstance(node["fn"], EstimatorDistribution) else node["fn"]
         p = None if p_site is None else p_site.node["fn"]
@@ -269,6 +271,8 @@ class EstimatorELBO(ELBO):
             describe=describe,
             registry="numpyro.distributions.kl (@numpyro.distributions.kl.kl_divergence.register)",
         )
+        if kl is None:
+            return None
         return _scaled(node, jnp.broadcast_to(kl, jnp.broadcast_shapes(jnp.shape(kl), q.batch_shape)))
 
     def _terms(self, model_trace: dict, guide_trace: dict) -> tuple[list[sg.Term], list[sg.ScoreSite]]:

@@ -8,12 +8,13 @@ estimator chosen per site. The rules (families, initialisation, errors, options)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import numpyro
 import numpyro.distributions as dist
 from jax import random
@@ -23,7 +24,7 @@ from numpyro.distributions.util import periodic_repeat
 from numpyro.infer.autoguide import AutoGuide
 from numpyro.infer.initialization import init_to_median
 
-from ..meanfield import ArrayOps, Family, MeanFieldRules
+from ..meanfield import ArrayOps, Family, MeanFieldRules, marginal_quantiles
 from .handlers import apply_estimator
 
 __all__ = ["MeanField", "init_to_prior_mean", "support_kind"]
@@ -198,12 +199,34 @@ class MeanField(AutoGuide):
         values), e.g. ``guide.distribution("theta", params).mean``. Available after the first call."""
         if name not in self._family:
             raise KeyError(f"MeanField has no site {name!r} (sites: {sorted(self._family)}; call the guide first)")
-        params = params or {}
-        values = {
+        return self._factor(name, self._site_params(name, params or {}))
+
+    def _site_params(self, name: str, params: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+        """Site ``name``'s parameters by their short names: from ``params``, else the initial values."""
+        return {
             param: params.get(self._param_name(name, param), init)
             for (param, _), init in zip(self._family[name].params, self._init_values[name])
         }
-        return self._factor(name, values)
+
+    def quantiles(self, params: Mapping[str, jax.Array], quantiles: Sequence[float]) -> dict[str, jax.Array]:
+        """``{site: quantiles}`` at the constrained ``params`` (``svi.get_params(state)``), each of
+        shape ``(len(quantiles), *site shape)``: every element's marginal quantiles under its factor
+        (:func:`~ppl_reparam.meanfield.marginal_quantiles`), as NumPyro's AutoGuides give them.
+        Available after the guide's first call."""
+        if self.prototype_trace is None:
+            raise ValueError("MeanField has not seen the model yet: call the guide (or svi.init) first")
+        result = {}
+        for name, family in self._family.items():
+            values = self._site_params(name, params)
+            arguments = family.arguments(*(values[param] for param, _ in family.params))
+            values = marginal_quantiles(family, [np.asarray(a) for a in arguments], quantiles)
+            result[name] = jnp.asarray(values, dtype=jnp.result_type(arguments[0]))
+        return result
+
+    def median(self, params: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+        """``{site: median}`` at ``params``: every element's marginal median under its factor (for a
+        Dirichlet site, of its Beta marginals, which need not sum to one)."""
+        return {name: values[0] for name, values in self.quantiles(params, [0.5]).items()}
 
     def __call__(self, *args: Any, **kwargs: Any) -> dict[str, jax.Array]:
         """Sample every latent site of the model; arguments are the model's. Returns ``{site: value}``."""

@@ -17,12 +17,15 @@ and Wierstra 2014).
 
 ``analytic_kl=False`` is Kingma and Welling's estimator A (the whole ELBO by Monte Carlo);
 ``analytic_kl=True`` is their estimator B: :math:`\mathrm{KL}(q_t \| p_t)` in closed form where a KL
-is registered, :math:`-H(q_t)` where the prior is flat (``ImproperUniform``), and a ValueError naming
-the site otherwise (guide-only sites included). As with Pyro's ``TraceMeanField_ELBO``, the closed form
-is exact when the guide is mean field (a site's prior does not depend on latents the guide draws after
-it): where that dependency runs through score-function sites (tracked) it is a ValueError naming the
-site; where it could run through reparameterized sites (not tracked) a warning says, as Pyro's does, when
-model and guide sample their shared sites in different orders.
+is registered, :math:`-H(q_t)` where the prior is flat (``ImproperUniform``), and elsewhere (guide-only
+sites, as in AutoGuides; pairs with no registered KL) the Monte Carlo terms, with a warning naming the
+site, as Pyro's ``TraceMeanField_ELBO`` does (but for AutoGuides' ``Delta`` sites, whose
+``log_density`` Pyro's ``KL(Delta || p)`` drops: they keep their Monte Carlo terms here). As with
+Pyro's ``TraceMeanField_ELBO``, the closed form is exact when the guide is mean field (a site's prior
+does not depend on latents the guide draws after it): where that dependency runs through
+score-function sites (tracked) it is a ValueError naming the site; where it could run through
+reparameterized sites (not tracked) a warning says, as Pyro's does, when model and guide sample their
+shared sites in different orders.
 
 These ELBOs do not enumerate: a model site marked ``infer={"enumerate": ...}`` that the guide does not
 sample raises a ValueError (use Pyro's ``TraceEnum_ELBO``), rather than being drawn from the prior.
@@ -246,8 +249,9 @@ class EstimatorELBO(ELBO):
         return None
 
     # ------------------------------------------------------------------------------ loss terms
-    def _closed_form_kl(self, q_site: sg.Site, p_site: sg.Site | None) -> torch.Tensor:
-        """Closed-form KL(q || p), or -H(q) under a flat prior, scaled and masked as the guide site."""
+    def _closed_form_kl(self, q_site: sg.Site, p_site: sg.Site | None) -> torch.Tensor | None:
+        """Closed-form KL(q || p), or -H(q) under a flat prior, scaled and masked as the guide site;
+        None where there is none (:func:`ppl_reparam.surrogate.closed_form_kl`)."""
         node = q_site.node
         p = None if p_site is None else p_site.node["fn"]
         kl = sg.closed_form_kl(
@@ -259,6 +263,8 @@ class EstimatorELBO(ELBO):
             describe=describe,
             registry="torch.distributions.kl (torch.distributions.kl.register_kl)",
         )
+        if kl is None:
+            return None
         # a fully masked pair gives the float 0.0
         kl = torch.as_tensor(kl).expand(node["fn"].batch_shape)
         return scale_and_mask(kl, node["scale"], node["mask"])

@@ -24,7 +24,7 @@ rules (families, initialisation, errors) are :mod:`ppl_reparam.meanfield`'s; her
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from operator import attrgetter
 from typing import Any
@@ -41,7 +41,7 @@ from pyro.nn.module import to_pyro_module_
 from pyro.ops.tensor_utils import periodic_repeat
 from torch import nn
 
-from ..meanfield import ArrayOps, Family, MeanFieldRules
+from ..meanfield import ArrayOps, Family, MeanFieldRules, marginal_quantiles
 from .handlers import apply_estimator
 
 __all__ = ["AmortizedNormal", "MeanField", "data_plate"]
@@ -227,12 +227,16 @@ class MeanField(AutoGuide):
                 constraint = getattr(constraints, kind)
                 deep_setattr(self.params, f"{name}.{param}", PyroParam(value.detach(), constraint, fn.event_dim))
 
+    def _arguments(self, name: str) -> tuple[torch.Tensor, ...]:
+        """The arguments of site ``name``'s distribution, subsampled by the plates entered around the call."""
+        family = self._family[name]
+        site_params = attrgetter(name)(self.params)
+        return family.arguments(*(getattr(site_params, param) for param, _ in family.params))
+
     def _factor(self, name: str) -> TorchDistribution:
         """Site ``name``'s factor, with parameters subsampled by the plates entered around the call."""
         family = self._family[name]
-        site_params = attrgetter(name)(self.params)
-        arguments = family.arguments(*(getattr(site_params, param) for param, _ in family.params))
-        fn = getattr(dist, family.distribution)(*arguments)
+        fn = getattr(dist, family.distribution)(*self._arguments(name))
         return fn.to_event(self.prototype_trace.nodes[name]["fn"].event_dim - family.event_dim)
 
     def distribution(self, name: str) -> TorchDistribution:
@@ -241,6 +245,28 @@ class MeanField(AutoGuide):
         if name not in self._family:
             raise KeyError(f"MeanField has no site {name!r} (sites: {sorted(self._family)}; call the guide first)")
         return self._factor(name)
+
+    @torch.no_grad()
+    def quantiles(self, quantiles: Sequence[float], *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        """``{site: quantiles}``, each of shape ``(len(quantiles), *site shape)``: every element's
+        marginal quantiles under its factor (:func:`~ppl_reparam.meanfield.marginal_quantiles`), as
+        Pyro's AutoGuides give them, e.g. ``guide.quantiles([0.05, 0.5, 0.95])``; ``args`` are the
+        model's, needed only before the guide's first call."""
+        if self.prototype_trace is None:
+            if not (args or kwargs):
+                raise ValueError("MeanField has not seen the model yet: call the guide, or pass the model's arguments")
+            self._setup_prototype(*args, **kwargs)
+        result = {}
+        for name, family in self._family.items():
+            arguments = self._arguments(name)
+            values = marginal_quantiles(family, [a.cpu().numpy() for a in arguments], quantiles)
+            result[name] = torch.as_tensor(values, dtype=arguments[0].dtype, device=arguments[0].device)
+        return result
+
+    def median(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        """``{site: median}``: every element's marginal median under its factor (for a Dirichlet site, of
+        its Beta marginals, which need not sum to one), as Pyro's AutoGuides give it."""
+        return {name: values[0] for name, values in self.quantiles([0.5], *args, **kwargs).items()}
 
     def forward(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
         """Sample every latent site of the model; arguments are the model's. Returns ``{site: value}``."""
