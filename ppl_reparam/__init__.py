@@ -23,6 +23,7 @@ BACKEND_API = (
     "MovingAverageBaseline",
     "PathwiseELBO",
     "ScoreFunctionELBO",
+    "VarianceMonitor",
     "compare_estimators",
     "force_estimator",
     "gradient_variance",

@@ -159,13 +159,13 @@ def plot_elbo_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike[
     return save_figure(fig, path)
 
 
-def plot_group_variance(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> Path:
+def plot_group_variance(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], x: str = "epoch") -> Path:
     """Total gradient variance (log scale, with its interval) and mean SNR of each parameter group
-    against epoch; colour: the estimator measured, line style: the estimator the model was trained with
-    (a legend for each)."""
+    against ``x`` (``"epoch"`` or ``"step"``); colour: the estimator measured, line style: the estimator
+    the model was trained with where the rows say (a legend for each)."""
     groups = list(dict.fromkeys(r["group"] for r in rows))
     measured = list(dict.fromkeys(r["measured"] for r in rows))
-    trained = list(dict.fromkeys(r["trained_with"] for r in rows))
+    trained = list(dict.fromkeys(r.get("trained_with") for r in rows))
     colours = dict(zip(measured, itertools.cycle(_COLOURS)))
     styles = dict(zip(trained, itertools.cycle(zip(itertools.cycle(["-", "--", ":", "-."]), _MARKERS))))
     fig, axes = plt.subplots(2, len(groups), figsize=(5.6 * len(groups), 7.6), squeeze=False, sharex=True,
@@ -173,10 +173,10 @@ def plot_group_variance(rows: Sequence[dict[str, Any]], path: str | os.PathLike[
     for col, group in enumerate(groups):
         for m in measured:
             for t in trained:
-                pts = [r for r in rows if (r["group"], r["measured"], r["trained_with"]) == (group, m, t)]
+                pts = [r for r in rows if (r["group"], r["measured"], r.get("trained_with")) == (group, m, t)]
                 if not pts:
                     continue
-                epoch = np.array([r["epoch"] for r in pts])
+                epoch = np.array([r[x] for r in pts])
                 total = np.array([r["total_variance"] for r in pts])
                 low = np.array([r["ci_low"] for r in pts])
                 high = np.array([r["ci_high"] for r in pts])
@@ -190,7 +190,7 @@ def plot_group_variance(rows: Sequence[dict[str, Any]], path: str | os.PathLike[
         axes[0, col].set_title(f"{group} parameters")
         axes[0, col].set_ylabel("total variance (sum over elements)")
         axes[1, col].set_ylabel("mean SNR |mean| / sd")
-        axes[1, col].set_xlabel("epoch")
+        axes[1, col].set_xlabel(x)
         _integer_ticks(axes[1, col].xaxis)
         for ax in axes[:, col]:
             ax.set_yscale("log")
@@ -200,9 +200,10 @@ def plot_group_variance(rows: Sequence[dict[str, Any]], path: str | os.PathLike[
     legend = {"fontsize": 8, "title_fontsize": 8, "ncol": 2}
     fig.legend(handles=[Line2D([], [], color=colours[m], label=m) for m in measured], loc="outside lower left",
                title="gradient measured (colour)", **legend)
-    fig.legend(handles=[Line2D([], [], color="0.4", linestyle=line, marker=marker, markersize=4, label=t)
-                        for t, (line, marker) in styles.items()],
-               loc="outside lower right", title="model trained with (line and marker)", **legend)
+    if trained != [None]:
+        fig.legend(handles=[Line2D([], [], color="0.4", linestyle=line, marker=marker, markersize=4, label=t)
+                            for t, (line, marker) in styles.items()],
+                   loc="outside lower right", title="model trained with (line and marker)", **legend)
     return save_figure(fig, path)
 
 

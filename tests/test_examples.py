@@ -20,7 +20,9 @@ def load(name: str):
 
 
 def test_every_example_is_tested():
-    assert {p.stem for p in EXAMPLES.glob("*.py")} == {"reuse_mean_field", "swap_estimators", "compare_estimators"}
+    assert {p.stem for p in EXAMPLES.glob("*.py")} == {
+        "reuse_mean_field", "swap_estimators", "compare_estimators", "variance_monitor"
+    }
 
 
 def test_reuse_mean_field(capsys):
@@ -54,3 +56,14 @@ def test_compare_estimators():
         assert name in table
     assert "latent_fairness.mean" in table and "latent_fairness.concentration" in table
     assert len(table.splitlines()) == 2 + 3 * 2
+
+
+def test_variance_monitor_measures_the_users_loop(tmp_path):
+    rows = load("variance_monitor").main(steps=5, every=2, num_reps=10, out=str(tmp_path))
+    assert {(r["step"], r["measured"], r["group"]) for r in rows} == {
+        (s, m, g) for s in (0, 2, 4) for m in ("score", "pathwise") for g in ("encoder", "decoder")
+    }
+    encoder = {(r["step"], r["measured"]): r["total_variance"] for r in rows if r["group"] == "encoder"}
+    # the score function's encoder gradient is far noisier at the initial weights (README: about 6,000x)
+    assert encoder[0, "score"] > 100 * encoder[0, "pathwise"]
+    assert (tmp_path / "variance.csv").exists() and (tmp_path / "variance.png").exists()

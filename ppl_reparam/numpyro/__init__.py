@@ -11,6 +11,7 @@ from .elbo import PathwiseELBO, ScoreFunctionELBO
 from .guides import MeanField
 from .handlers import EstimatorDistribution, force_estimator
 from .iwae import IWAE
+from .monitor import VarianceMonitor
 from .variance import compare_estimators, gradient_variance
 
 __all__ = [*BACKEND_API]  # the imports above re-export these (tests/test_imports.py)

@@ -7,6 +7,7 @@ from .elbo import JitPathwiseELBO, JitScoreFunctionELBO, PathwiseELBO, ScoreFunc
 from .guides import AmortizedNormal, MeanField
 from .handlers import EstimatorDistribution, force_estimator
 from .iwae import IWAE
+from .monitor import VarianceMonitor
 from .variance import compare_estimators, gradient_variance
 
 # the imports above re-export these (tests/test_imports.py)

@@ -1,0 +1,145 @@
+r"""Gradient variance and signal-to-noise measured every ``k`` steps of any SVI loop (framework-free part).
+
+A :class:`VarianceMonitor` is called once per step of the user's own loop. At steps ``0, k, 2k, ...`` it
+draws ``num_reps`` independent gradient estimates of each ELBO it was given at the parameters of that
+moment (the backend's ``gradient_variance``: nothing is updated, the caller's RNG state is restored) and
+records, per parameter group :math:`G` with elements :math:`\phi_j`, the total variance of the estimate
+:math:`T_G = \sum_{j \in G} \operatorname{Var}[\hat g_j]` with its bootstrap-t interval, the per-sample
+variance :math:`T_G \times` particles, the mean signal-to-noise ratio
+:math:`\frac{1}{|G|}\sum_{j \in G} |\bar g_j| / s_j` and the work-normalized variance
+:math:`T_G \times` seconds per estimate (:func:`~ppl_reparam.study.group_rows`). With ``out`` it rewrites
+``variance.csv`` and ``variance.png`` after each measurement, atomically, so the figure follows the run.
+
+The backends (:class:`ppl_reparam.pyro.VarianceMonitor`, :class:`ppl_reparam.numpyro.VarianceMonitor`)
+supply the measurement; the schedule, groups, rows and files are here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .stats import MIN_REPS
+from .study import derived_seed, group_rows
+
+Groups = Mapping[str, Sequence[str]]
+"""Parameter groups: group name -> parameter names or name prefixes (``"encoder"`` holds
+``"encoder.fc1.weight"``: a name belongs to a prefix it equals or that it starts with, then a dot)."""
+
+
+def named_elbos(elbos: Any) -> dict[str, Any]:
+    """``{name: elbo}`` from a mapping, or from one ELBO named by its class."""
+    if isinstance(elbos, Mapping):
+        if not elbos:
+            raise ValueError("elbos is empty: give an ELBO, or a mapping from names to ELBOs")
+        return dict(elbos)
+    return {type(elbos).__name__: elbos}
+
+
+def resolve_groups(groups: Groups | None, names: Sequence[str]) -> dict[str, list[str]]:
+    """The parameter names of each group; ``None``: one group per parameter. A group that matches no
+    parameter is an error naming the parameters there are."""
+    if groups is None:
+        return {name: [name] for name in names}
+    resolved = {}
+    for group, prefixes in groups.items():
+        prefixes = [prefixes] if isinstance(prefixes, str) else list(prefixes)
+        members = [n for n in names if any(n == p or n.startswith(p + ".") for p in prefixes)]
+        if not members:
+            raise ValueError(
+                f"parameter group {group!r} ({prefixes}) matches no parameter; the parameters are {list(names)}"
+            )
+        resolved[group] = members
+    return resolved
+
+
+class VarianceMonitor:
+    """Every ``every`` steps, the gradient variance and SNR of each ELBO at the current parameters.
+
+    :param model, guide: as given to SVI.
+    :param elbos: the ELBO to measure, or a mapping from names to ELBOs (estimators compared on the same
+        parameter values; the one the loop optimises need not be among them).
+    :param every: measure at the steps divisible by ``every`` (the caller's step count, from 0).
+    :param num_reps: independent gradient estimates per measurement (at least 5).
+    :param groups: parameter groups (:data:`Groups`); None: one group per parameter.
+    :param out: a folder for ``variance.csv`` and ``variance.png``, rewritten after every measurement;
+        None: rows are kept in :attr:`rows` only.
+    :param seed: the measurement at step ``s`` of the ``j``-th ELBO draws under ``derived_seed(seed, s, j)``.
+    :param confidence: level of the variance intervals.
+    :param options: further keyword arguments of the backend's ``gradient_variance``.
+    """
+
+    def __init__(
+        self,
+        model: Callable,
+        guide: Callable,
+        elbos: Any,
+        *,
+        every: int = 100,
+        num_reps: int = 100,
+        groups: Groups | None = None,
+        out: str | os.PathLike[str] | None = None,
+        seed: int = 0,
+        confidence: float = 0.95,
+        **options: Any,
+    ):
+        if every < 1:
+            raise ValueError(f"every must be a positive number of steps, got {every}")
+        if num_reps < MIN_REPS:
+            raise ValueError(f"num_reps must be at least {MIN_REPS}, got {num_reps}")
+        self.model, self.guide, self.options = model, guide, options
+        self.elbos = named_elbos(elbos)
+        self.every = every
+        self.num_reps = num_reps
+        self.groups = groups
+        self.out = None if out is None else Path(out)
+        self.seed = seed
+        self.confidence = confidence
+        self.rows: list[dict[str, Any]] = []
+        if self.out is not None:
+            from .report import check_output_folder
+
+            check_output_folder(self.out, "out")
+
+    def due(self, step: int) -> bool:
+        """Whether ``step`` is a measuring step."""
+        return step % self.every == 0
+
+    def measure(self, step: int, gradient_variance: Callable, *args: Any, **kwargs: Any) -> list[dict[str, Any]] | None:
+        """At a measuring step, ``gradient_variance`` of each ELBO (the ``j``-th under
+        ``derived_seed(seed, step, j)``; ``args`` and ``kwargs`` go to it after the monitor's own), then
+        :meth:`record`; else None."""
+        if not self.due(step):
+            return None
+        stats = {
+            name: gradient_variance(
+                elbo, self.model, self.guide, *args, num_reps=self.num_reps, seed=derived_seed(self.seed, step, j),
+                confidence=self.confidence, **self.options, **kwargs,
+            )
+            for j, (name, elbo) in enumerate(self.elbos.items())
+        }
+        return self.record(step, stats)
+
+    def record(self, step: int, stats: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Add the rows of one measurement (``{elbo name: GradientStats}``), write the files, return the rows."""
+        first = next(iter(stats.values()))
+        groups = resolve_groups(self.groups, list(first))
+        rows = [
+            {"step": step, "measured": name, **row}
+            for name, measured in stats.items()
+            for row in group_rows(measured, groups, measured.num_particles, self.confidence, self.seed)
+        ]
+        self.rows.extend(rows)
+        if self.out is not None:
+            self.write()
+        return rows
+
+    def write(self) -> None:
+        """Write ``variance.csv`` and ``variance.png`` into :attr:`out`, each atomically."""
+        from .plots import plot_group_variance
+        from .report import write_csv
+
+        write_csv(self.rows, self.out / "variance.csv")
+        plot_group_variance(self.rows, self.out / "variance.png", x="step")
