@@ -9,7 +9,9 @@ Workload: gradient estimates of E_{x~N(theta,1)}[x^2] at theta = 2, N in 10 .. 1
 3. ``ppl_reparam.pyro.gradient_variance`` on the project's toy model and guide
    (``ScoreFunctionELBO`` / ``PathwiseELBO``, closed-form entropy, vectorized particles).
 
-Each is run once untimed first (imports, lazy initialisation), then timed. Run:
+Each runs the whole sweep once untimed first (imports, lazy initialisation, the first forward-mode
+call), then once timed: warm figures, one torch thread (``benchmarks/as_users_run.py`` has cold ones
+and the default thread policy). Run:
 
     .venv/bin/python benchmarks/toy_sweep.py [--reps 100] [--samples 10,100,1000,10000,100000] [--threads 1]
 """
@@ -60,7 +62,7 @@ def project(samples: list[int], reps: int, seed: int = 0) -> None:
 
 
 def timed(fn, samples: list[int], reps: int) -> float:
-    fn([10], 5)  # warm-up: imports and lazy initialisation
+    fn(samples, reps)  # warm-up: imports and lazy initialisation (forward mode's first call among them)
     start = time.perf_counter()
     fn(samples, reps)
     return time.perf_counter() - start

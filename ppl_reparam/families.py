@@ -68,8 +68,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
-from scipy import integrate
-from scipy.special import expit
 
 from .report import markdown_table
 from .stats import MIN_REPS, ParamStats
@@ -103,8 +101,15 @@ def _logistic_pdf_slope(t: float) -> float:
     return -_logistic_pdf(t) * np.tanh(t / 2)
 
 
+def expit(y: float) -> float:
+    r"""The logistic function :math:`1 / (1 + e^{-y}) = \exp(-\log(1 + e^{-y}))`, without overflow."""
+    return np.exp(-np.logaddexp(0.0, -y))
+
+
 def _quad(integrand: Callable[[float], float], split: float) -> float:
     """``quad`` over the real line, split where the integrand has its bulk or a kink."""
+    from scipy import integrate  # here, not at the top: every command imports this module
+
     options = {"epsabs": 1e-13, "epsrel": 1e-12, "limit": 200}
     left = integrate.quad(integrand, -np.inf, split, **options)[0]
     return left + integrate.quad(integrand, split, np.inf, **options)[0]
