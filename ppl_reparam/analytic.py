@@ -147,6 +147,22 @@ def true_gradient(theta: float, sigma: float = 1.0, *, wrt: str = "loc", f: Poly
     return gradient_moments("pathwise", theta, sigma, wrt=wrt, f=f).mean
 
 
+def measure_valued_variance(theta: float, sigma: float = 1.0, *, coupling: bool = True) -> float:
+    r"""Per-sample variance of the measure-valued gradient of :math:`E[x^2]` in the loc, :math:`x \sim
+    N(\theta, \sigma^2)` (:mod:`ppl_reparam.measure_valued`): :math:`\hat g = c\,(f(\theta + \sigma W^+)
+    - f(\theta - \sigma W^-))`, :math:`c = 1/(\sigma\sqrt{2\pi})`, W Rayleigh with :math:`\mathrm{Var}\,W
+    = 2 - \pi/2` and :math:`\mathrm{Var}\,W^2 = 4`. Coupled (:math:`W^+ = W^-`), :math:`\hat g =
+    4\theta W/\sqrt{2\pi}`: :math:`8\theta^2(2 - \pi/2)/\pi`; independent:
+    :math:`(8\theta^2(2 - \pi/2) + 8\sigma^2)/(2\pi)`. Mean :math:`2\theta` either way. The toy's closed-form
+    entropy adds nothing to the loc's gradient."""
+    if sigma <= 0:
+        raise ValueError(f"sigma must be positive, got {sigma}")
+    var_w = 2 - math.pi / 2
+    if coupling:
+        return 8 * theta**2 * var_w / math.pi
+    return (8 * theta**2 * var_w + 8 * sigma**2) / (2 * math.pi)
+
+
 def rloo_per_sample_variance(
     theta: float, num_particles: int, sigma: float = 1.0, *, analytic_kl: bool = True, f: Polynomial = SQUARE
 ) -> float:

@@ -24,6 +24,9 @@ estimator) or measure the per-sample variance.
   2018), :math:`\nabla_\theta x = -\nabla_\theta F(x;\theta) / q(x;\theta)` with ``F`` the CDF,
   computed without differentiating through the rejection sampler.
 
+The third estimator, the measure-valued gradient, needs no autodiff and is written once, in NumPy:
+:mod:`ppl_reparam.measure_valued`.
+
 Survey: Mohamed, Rosca, Figurnov and Mnih, "Monte Carlo Gradient Estimation in Machine Learning",
 JMLR 21(132), 2020, sections 4 and 5. The same seed gives the same numbers; no global random state is
 read or changed.
