@@ -6,8 +6,9 @@ Grammar: ``BASE[+OPTION...][:K]``, e.g. ``score``, ``score+rloo:8``, ``pathwise+
 - ``BASE``: ``score`` (score function), ``pathwise`` (reparameterization), ``iwae`` (importance-weighted
   bound, pathwise gradient), ``iwae-vimco`` (VIMCO), ``iwae-dreg`` (doubly reparameterized).
 - ``OPTION``: ``akl`` (closed-form KL / entropy, estimator B), ``stl`` (sticking the landing,
-  pathwise), ``rloo`` / ``ma`` / ``learned`` (leave-one-out, moving-average, learned baseline, score
-  function), ``b=VALUE`` (constant baseline).
+  pathwise), ``anti`` / ``qmc`` (antithetic pairs / randomized quasi-Monte Carlo draws, pathwise, K >= 2:
+  :mod:`ppl_reparam.noise`), ``rloo`` / ``ma`` / ``learned`` (leave-one-out, moving-average, learned
+  baseline, score function), ``b=VALUE`` (constant baseline).
 - ``K``: particles (samples) per estimate; default 1, or 5 for the IWAE bases.
 
 The discrete VAE also takes ``relaxed+t=T[:K]`` (:class:`RelaxedSpec`, :func:`parse_run_spec`): the
@@ -24,7 +25,8 @@ from typing import Any
 BASES = ("score", "pathwise", "iwae", "iwae-vimco", "iwae-dreg")
 IWAE_ESTIMATOR = {"iwae": "pathwise", "iwae-vimco": "score", "iwae-dreg": "dreg"}
 BASELINE_OPTIONS = {"rloo": "rloo", "ma": "moving_average", "learned": "learned"}
-OPTIONS = {"akl", "stl", *BASELINE_OPTIONS}
+NOISE_OPTIONS = {"anti": "antithetic", "qmc": "qmc"}
+OPTIONS = {"akl", "stl", *NOISE_OPTIONS, *BASELINE_OPTIONS}
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,7 @@ class EstimatorSpec:
     analytic_kl: bool = False
     stl: bool = False
     baseline: str | float | None = None
+    noise: str | None = None
 
     @property
     def is_iwae(self) -> bool:
@@ -43,11 +46,14 @@ class EstimatorSpec:
 
     @property
     def min_particles(self) -> int:
-        """An IWAE bound and the leave-one-out baseline need two particles or more; the rest, one."""
-        return 2 if self.is_iwae or self.baseline == "rloo" else 1
+        """An IWAE bound, the leave-one-out baseline and coupled draws need two particles or more; the
+        rest, one."""
+        return 2 if self.is_iwae or self.baseline == "rloo" or self.noise else 1
 
     def __str__(self) -> str:
         options = [name for name, on in (("akl", self.analytic_kl), ("stl", self.stl)) if on]
+        if self.noise:
+            options.append({v: k for k, v in NOISE_OPTIONS.items()}[self.noise])
         if isinstance(self.baseline, float):
             options.append(f"b={self.baseline:g}")
         elif self.baseline is not None:
@@ -85,6 +91,10 @@ def parse_spec(text: str) -> EstimatorSpec:
             fields["analytic_kl"] = True
         elif option == "stl":
             fields["stl"] = True
+        elif option in NOISE_OPTIONS:
+            if "noise" in fields:
+                raise ValueError(f"estimator spec {text!r}: anti and qmc both couple the particles; choose one")
+            fields["noise"] = NOISE_OPTIONS[option]
         else:
             choices = ", ".join(sorted(OPTIONS))
             raise ValueError(f"estimator spec {text!r}: unknown option {option!r}; choose from {choices} or b=VALUE")
@@ -95,13 +105,21 @@ def parse_spec(text: str) -> EstimatorSpec:
         raise ValueError(f"estimator spec {text!r}: baselines apply to the score function only")
     if spec.stl and base != "pathwise":
         raise ValueError(f"estimator spec {text!r}: stl applies to the pathwise estimator only")
+    if spec.noise and base != "pathwise":
+        raise ValueError(f"estimator spec {text!r}: anti and qmc apply to the pathwise estimator only")
     if k and particles < spec.min_particles:
         raise ValueError(f"estimator spec {text!r}: {_needs_particles(spec)}")
+    if spec.noise == "antithetic" and particles % 2 and k:
+        raise ValueError(f"estimator spec {text!r}: antithetic draws come in pairs: K must be even, got {particles}")
     return spec
 
 
 def _needs_particles(spec: EstimatorSpec) -> str:
-    what = "an IWAE bound" if spec.is_iwae else "the leave-one-out baseline"
+    what = (
+        "an IWAE bound" if spec.is_iwae
+        else "the leave-one-out baseline" if spec.baseline == "rloo"
+        else f"{spec.noise} sampling"
+    )
     return f"{what} needs K >= {spec.min_particles} particles, got {spec.particles}"
 
 
@@ -213,6 +231,8 @@ def build_elbo(
         analytic_kl=spec.analytic_kl,
         baseline=spec.baseline if baseline is None else baseline,
         stl=spec.stl,
+        antithetic=spec.noise == "antithetic",
+        qmc=spec.noise == "qmc",
         **(elbo_options or {}),
     )
 

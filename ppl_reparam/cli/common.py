@@ -29,10 +29,11 @@ SPEC_HELP = """estimator specs: BASE[+OPTION...][:K], comma-separated where a li
             iwae (importance-weighted bound, pathwise gradient), iwae-vimco (VIMCO), iwae-dreg (DReG);
             relaxed+t=T (the discrete VAE's Concrete relaxation at temperature T, trained pathwise)
   OPTION    akl (closed-form KL / entropy), stl (sticking the landing, pathwise only),
+            anti or qmc (antithetic pairs, even K / randomized quasi-Monte Carlo, K >= 2; pathwise only),
             one baseline for score: b=VALUE (constant), rloo (leave-one-out, K >= 2), ma (moving average),
             learned (a network of the batch); the IWAE bases take no option
   K         particles per estimate (default 1; 5 for the IWAE bases)
-  e.g.      score, score+akl, score+rloo:4, score+b=7, pathwise+stl, iwae-vimco:4, relaxed+t=0.5"""
+  e.g.      score, score+akl, score+rloo:4, score+b=7, pathwise+stl, pathwise+qmc:8, iwae-vimco:4"""
 """The estimator-spec grammar (:mod:`ppl_reparam.specs`), for the commands' ``--help``."""
 
 

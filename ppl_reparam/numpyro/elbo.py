@@ -70,10 +70,12 @@ from numpyro.util import check_model_guide_match
 
 from .. import surrogate as sg
 from ..forcing import check_estimator, check_named_sites, checking_sites
+from ..noise import check_noise
 from .baselines import STATE_PREFIX, Baseline, Context, make_baseline, subsampled_frames
 from .handlers import (
     EstimatorDistribution,
     ForceEstimatorMessenger,
+    ParticleNoise,
     describe,
     is_guide_latent,
     leaf_distribution,
@@ -222,10 +224,13 @@ class EstimatorELBO(ELBO):
         sites: Iterable[str] | None = None,
         baseline: str | float | Baseline | None = None,
         stl: bool = False,
+        antithetic: bool = False,
+        qmc: bool = False,
     ):
         check_estimator(self.estimator)
         self.baseline = make_baseline(baseline)
         self.sites = sg.check_options(num_particles, sites, self.baseline, stl, analytic_kl, vectorized=None)
+        self.noise = check_noise(antithetic, qmc, num_particles, None, self.baseline)
         self.analytic_kl = bool(analytic_kl)
         self.stl = bool(stl)
         super().__init__(num_particles=int(num_particles), vectorize_particles=vectorize_particles)
@@ -234,12 +239,13 @@ class EstimatorELBO(ELBO):
         return (
             f"{type(self).__name__}(num_particles={self.num_particles}, "
             f"vectorize_particles={self.vectorize_particles!r}, analytic_kl={self.analytic_kl}, "
-            f"sites={self.sites!r}, baseline={self.baseline!r}, stl={self.stl})"
+            f"sites={self.sites!r}, baseline={self.baseline!r}, stl={self.stl}"
+            + (f", {self.noise}=True)" if self.noise else ")")
         )
 
     def _config(self) -> tuple:
         return (type(self), self.num_particles, self.vectorize_particles, self.analytic_kl, self.sites,
-                self.baseline, self.stl)
+                self.baseline, self.stl, self.noise)
 
     # Equal options make equal ELBOs: the ELBO is a static argument of the jitted functions
     # (gradient_variance, SVI's update), so a fresh ELBO with the same options reuses their compiled code.
@@ -250,10 +256,12 @@ class EstimatorELBO(ELBO):
         return hash(self._config())
 
     # ----------------------------------------------------------------------------------- traces
-    def _traces(self, keys: tuple[jax.Array, jax.Array], *run: Any, **options: Any) -> tuple[dict, dict]:
-        """:func:`traces` of one particle with this ELBO's estimator; ``run`` is ``(param_map, model,
-        guide, args, kwargs)``, ``options`` are ``plates`` and ``substitute_fn``."""
-        return traces(keys, *run, ForceEstimatorMessenger(self.estimator, self.sites), **options)
+    def _traces(self, keys: tuple, *run: Any, **options: Any) -> tuple[dict, dict]:
+        """:func:`traces` of one particle with this ELBO's estimator; ``keys`` is ``(guide_key, model_key)``
+        and, with antithetic or QMC draws, the particle's :class:`ParticleNoise`; ``run`` is ``(param_map,
+        model, guide, args, kwargs)``, ``options`` are ``plates`` and ``substitute_fn``."""
+        forced = ForceEstimatorMessenger(self.estimator, self.sites, keys[2] if len(keys) > 2 else None)
+        return traces(keys[:2], *run, forced, **options)
 
     # ------------------------------------------------------------------------------ loss terms
     def _closed_form_kl(self, q_site: sg.Site, p_site: sg.Site | None) -> jax.Array | None:
@@ -447,8 +455,21 @@ class EstimatorELBO(ELBO):
             out = jax.tree.map(lambda x: x[None], particle((guide_key, model_key)))
         else:
             guide_key, model_key = random.split(rng_key)
-            keys = (random.split(guide_key, self.num_particles), random.split(model_key, self.num_particles))
-            out = self.vectorize_particles_fn(particle, keys)
+            k = self.num_particles
+            guide_keys = random.split(guide_key, k)
+            if self.noise == "antithetic":  # partners j and j + K/2 share their guide key: mirrored draws
+                guide_keys = jnp.concatenate([guide_keys[: k // 2]] * 2)
+            keys = (guide_keys, random.split(model_key, k))
+            if self.noise is None:
+                out = self.vectorize_particles_fn(particle, keys)
+            else:
+                noise_key = random.fold_in(guide_key, k)
+
+                def coupled(keys: tuple[jax.Array, jax.Array, jax.Array]) -> dict:
+                    guide_k, model_k, position = keys
+                    return particle((guide_k, model_k, ParticleNoise(self.noise, k, position, noise_key)))
+
+                out = self.vectorize_particles_fn(coupled, (*keys, jnp.arange(k)))
         losses, surrogates = out["loss"], out["surrogate"]
         if not isinstance(losses, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(losses))):
             _raise_non_finite(out["sums"], info["labels"])
@@ -518,6 +539,10 @@ class ScoreFunctionELBO(EstimatorELBO):
     :param baseline: :mod:`ppl_reparam.numpyro.baselines` (stateful ones keep their state in NumPyro's
         mutable state: wrap the guide with ``baseline.with_state``).
     :param stl: sticking the landing at reparameterized sites.
+    :param antithetic: draw the pathwise sites' particles in antithetic pairs; ``qmc``: on a randomized
+        Sobol point set (:mod:`ppl_reparam.noise`: Normal sites and element-wise transforms of them, no
+        leave-one-out baseline). Antithetic partners share the guide's key, so the guide's other draws
+        (score-function sites) are the same for both.
     """
 
     estimator = "score"

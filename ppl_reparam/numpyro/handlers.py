@@ -15,19 +15,26 @@ site's distribution in :class:`EstimatorDistribution`, which carries the choice 
 
 from __future__ import annotations
 
+import math
+import zlib
 from collections.abc import Callable, Iterable
 
 import jax
+import jax.numpy as jnp
+from jax import random
+from jax.scipy.special import ndtri
 from numpyro.distributions import (
     Delta,
     Distribution,
     ExpandedDistribution,
     Independent,
     MaskedDistribution,
+    Normal,
     TransformedDistribution,
 )
 from numpyro.primitives import Messenger
 
+from .. import noise as qn
 from ..forcing import ForcedGuide, SiteChoices
 
 _WRAPPERS = (Independent, TransformedDistribution, MaskedDistribution, ExpandedDistribution)
@@ -63,22 +70,86 @@ def _forced_inside(fn: Distribution) -> bool | None:
     return None
 
 
+def _normal_path(fn: Distribution) -> tuple[Normal, list] | None:
+    """``(the Normal, the transforms applied to its draws, innermost first)`` if ``fn`` is a Normal under
+    Independent, Masked, Expanded and Transformed wrappers, else None."""
+    transforms: list = []
+    while not isinstance(fn, Normal):
+        if isinstance(fn, TransformedDistribution):
+            transforms = list(fn.transforms) + transforms
+        elif not isinstance(fn, (Independent, MaskedDistribution, ExpandedDistribution)):
+            return None
+        fn = fn.base_dist
+    return fn, transforms
+
+
+@jax.tree_util.register_pytree_node_class
+class ParticleNoise:
+    """Antithetic or randomized quasi-Monte Carlo noise for the pathwise sites of one particle
+    (:mod:`ppl_reparam.noise`). The ELBO maps particles with ``vmap``: particle ``position`` of
+    ``num_particles``; antithetic partners (``position`` and ``position + K/2``) share their guide key, so
+    their draws mirror each other; QMC points share a digital shift per site, drawn from ``key`` and the
+    site's name."""
+
+    def __init__(self, kind: str, num_particles: int, position: jax.Array, key: jax.Array, site: str = ""):
+        self.kind, self.num_particles, self.position, self.key, self.site = kind, num_particles, position, key, site
+
+    def tree_flatten(self):
+        return (self.position, self.key), (self.kind, self.num_particles, self.site)
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return cls(aux[0], aux[1], *children, aux[2])
+
+    def at(self, name: str, fn: Distribution) -> ParticleNoise:
+        """This noise for the site ``name``; a ValueError naming it if ``fn`` is not an element-wise
+        transform of a Normal."""
+        path = _normal_path(fn)
+        shape = fn.batch_shape + fn.event_shape
+        if path is None or any(t.forward_shape(shape) != shape for t in path[1]):
+            raise qn.unsupported(name, self.kind, describe(fn))
+        return ParticleNoise(self.kind, self.num_particles, self.position, self.key, name)
+
+    def standard_normal(self, key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+        """This particle's noise of ``shape``, marginally N(0, 1), coupled across the particles."""
+        if self.kind == "antithetic":
+            return random.normal(key, shape) * jnp.where(self.position < self.num_particles // 2, 1.0, -1.0)
+        points = jnp.asarray(qn.sobol_points(self.num_particles, math.prod(shape)))[self.position]
+        site_key = random.fold_in(self.key, zlib.crc32(self.site.encode()))
+        bits = jnp.bitwise_xor(points, random.bits(site_key, points.shape, jnp.uint32))
+        if jnp.result_type(float) == jnp.float64:
+            u = (bits.astype(jnp.float64) + 0.5) / 2.0**32
+        else:  # float32 holds 24 bits: the top 24, at their cells' midpoints, stay inside (0, 1)
+            u = (jnp.right_shift(bits, 8).astype(jnp.float32) + 0.5) / 2.0**24
+        return ndtri(u).reshape(shape)
+
+    def sample(self, fn: Distribution, key: jax.Array, sample_shape: tuple[int, ...]) -> jax.Array:
+        """A reparameterized draw of ``fn`` from this particle's noise."""
+        normal, transforms = _normal_path(fn)
+        x = normal.loc + normal.scale * self.standard_normal(key, tuple(sample_shape) + fn.batch_shape + fn.event_shape)
+        for t in transforms:
+            x = t(x)
+        return x
+
+
 class EstimatorDistribution(Distribution):
     """Wraps ``base_dist`` and fixes how its samples carry gradients.
 
-    ``reparameterized=True``: samples are ``base_dist``'s own (reparameterized) samples (pathwise);
-    ``False``: samples are ``jax.lax.stop_gradient`` of them, and sampling intermediates are dropped so
-    that ``log_prob`` is recomputed from the value (score function). ``log_prob``, ``entropy``,
+    ``reparameterized=True``: samples are ``base_dist``'s own (reparameterized) samples (pathwise), or
+    ``noise``'s coupled ones (:class:`ParticleNoise`); ``False``: samples are ``jax.lax.stop_gradient``
+    of them, and sampling intermediates are dropped so that ``log_prob`` is recomputed from the value
+    (score function). ``log_prob``, ``entropy``,
     support and shapes are those of ``base_dist``.
     """
 
     arg_constraints: dict = {}
-    pytree_data_fields = ("base_dist",)
+    pytree_data_fields = ("base_dist", "noise")
     pytree_aux_fields = ("reparameterized",)
 
-    def __init__(self, base_dist: Distribution, reparameterized: bool):
+    def __init__(self, base_dist: Distribution, reparameterized: bool, noise: ParticleNoise | None = None):
         self.base_dist = base_dist
         self.reparameterized = bool(reparameterized)
+        self.noise = noise
         super().__init__(base_dist.batch_shape, base_dist.event_shape, validate_args=False)
 
     @property
@@ -90,9 +161,11 @@ class EstimatorDistribution(Distribution):
         return self.base_dist.support
 
     def expand(self, batch_shape) -> EstimatorDistribution:
-        return EstimatorDistribution(self.base_dist.expand(batch_shape), self.reparameterized)
+        return EstimatorDistribution(self.base_dist.expand(batch_shape), self.reparameterized, self.noise)
 
     def sample_with_intermediates(self, key: jax.Array, sample_shape: tuple[int, ...] = ()):
+        if self.reparameterized and self.noise is not None:
+            return self.noise.sample(self.base_dist, key, sample_shape), []
         if self.reparameterized:
             return self.base_dist.sample_with_intermediates(key, sample_shape)
         return jax.lax.stop_gradient(self.base_dist.sample(key, sample_shape)), []
@@ -103,7 +176,7 @@ class EstimatorDistribution(Distribution):
     def rsample(self, key: jax.Array, sample_shape: tuple[int, ...] = ()) -> jax.Array:
         if not self.reparameterized:
             raise RuntimeError("rsample called on a site forced to the score-function estimator")
-        return self.base_dist.rsample(key, sample_shape)
+        return self.sample(key, sample_shape)
 
     def log_prob(self, value: jax.Array, intermediates: list | None = None) -> jax.Array:
         if intermediates:
@@ -129,9 +202,12 @@ def is_guide_latent(msg: dict) -> bool:
     return msg["type"] == "sample" and not msg["is_observed"] and not isinstance(leaf_distribution(msg["fn"]), Delta)
 
 
-def apply_estimator(name: str, fn: Distribution, estimator: str) -> EstimatorDistribution:
+def apply_estimator(
+    name: str, fn: Distribution, estimator: str, noise: ParticleNoise | None = None
+) -> EstimatorDistribution:
     """Wrap the site ``name``'s distribution so that it uses ``estimator``; a pathwise request on a
-    family without a reparameterized sampler raises a ValueError naming the site and the distribution."""
+    family without a reparameterized sampler raises a ValueError naming the site and the distribution.
+    With ``noise``, pathwise samples come from its coupled draws."""
     if estimator == "pathwise" and not can_rsample(fn):
         raise ValueError(
             f"site {name!r}: the pathwise (reparameterized) estimator needs a reparameterized sampler, "
@@ -147,6 +223,8 @@ def apply_estimator(name: str, fn: Distribution, estimator: str) -> EstimatorDis
             "plate or transform applied after forcing; it cannot be made pathwise again from outside. "
             "Force the estimator once, on the innermost guide."
         )
+    if estimator == "pathwise" and noise is not None:
+        return EstimatorDistribution(fn, True, noise.at(name, fn))
     return EstimatorDistribution(fn, reparameterized=estimator == "pathwise")
 
 
@@ -156,12 +234,14 @@ class ForceEstimatorMessenger(Messenger):
     Precedence at a site: named in ``sites`` > the site's own ``infer={"estimator": ...}`` >
     ``estimator`` when ``sites`` is None > unchanged (the family's native behaviour: pathwise where it
     has a reparameterized sampler; otherwise score function, the value under ``stop_gradient`` as in
-    NumPyro's own ELBOs).
+    NumPyro's own ELBOs); with ``noise`` every pathwise sample comes from its coupled draws
+    (:class:`ParticleNoise`).
     """
 
-    def __init__(self, estimator: str | None, sites: Iterable[str] | None = None):
+    def __init__(self, estimator: str | None, sites: Iterable[str] | None = None, noise: ParticleNoise | None = None):
         super().__init__()
         self.choices = SiteChoices(estimator, sites)
+        self.noise = noise
 
     def process_message(self, msg: dict) -> None:
         if not is_guide_latent(msg):
@@ -169,8 +249,10 @@ class ForceEstimatorMessenger(Messenger):
         estimator = self.choices.choose(msg["name"], msg["infer"])
         if estimator is None and not can_rsample(msg["fn"]):
             estimator = "score"
+        if estimator is None and self.noise is not None:
+            estimator = "pathwise"  # the site's own reparameterized sampler, from the coupled noise
         if estimator is not None:
-            msg["fn"] = apply_estimator(msg["name"], msg["fn"], estimator)
+            msg["fn"] = apply_estimator(msg["name"], msg["fn"], estimator, self.noise)
             # Record the choice as the site's own request, so that an enclosing handler (an ELBO's
             # blanket estimator) respects it; only sites named there override it (as in Pyro).
             msg["infer"] = {**msg["infer"], "estimator": estimator}

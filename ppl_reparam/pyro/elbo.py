@@ -52,10 +52,12 @@ from pyro.util import check_if_enumerated
 
 from .. import surrogate as sg
 from ..forcing import check_estimator, check_named_sites, checking_sites
+from ..noise import check_noise
 from .baselines import Baseline, Context, make_baseline
 from .handlers import (
     EstimatorDistribution,
     ForceEstimatorMessenger,
+    ParticleNoise,
     describe,
     is_guide_latent,
     leaf_distribution,
@@ -167,11 +169,14 @@ class EstimatorELBO(ELBO):
         sites: Iterable[str] | None = None,
         baseline: str | float | Baseline | None = None,
         stl: bool = False,
+        antithetic: bool = False,
+        qmc: bool = False,
         **kwargs: Any,
     ):
         check_estimator(self.estimator)
         self.baseline = make_baseline(baseline)
         self.sites = sg.check_options(num_particles, sites, self.baseline, stl, analytic_kl, bool(vectorize_particles))
+        self.noise = check_noise(antithetic, qmc, num_particles, bool(vectorize_particles), self.baseline)
         self.analytic_kl = bool(analytic_kl)
         self.stl = bool(stl)
         self._options = dict(
@@ -183,6 +188,8 @@ class EstimatorELBO(ELBO):
             stl=self.stl,
             **kwargs,
         )
+        if self.noise is not None:
+            self._options[self.noise] = True
         super().__init__(
             num_particles=num_particles,
             max_plate_nesting=max_plate_nesting,
@@ -200,8 +207,12 @@ class EstimatorELBO(ELBO):
 
     # ----------------------------------------------------------------------------------- traces
     def _forced(self, guide: Callable, track: bool = False) -> tuple[Callable, ForceEstimatorMessenger]:
-        """``guide`` run under this ELBO's estimator, its score-function samples tracked if ``track``."""
-        forced = ForceEstimatorMessenger(self.estimator, self.sites, track)
+        """``guide`` run under this ELBO's estimator, its score-function samples tracked and its pathwise
+        ones drawn from the coupled noise if ``track`` (the ELBO's own traces, not a nesting guess)."""
+        noise = None
+        if track and self.noise is not None:
+            noise = ParticleNoise(self.noise, self.num_particles, self._particle_dim())
+        forced = ForceEstimatorMessenger(self.estimator, self.sites, track, noise)
 
         def forced_guide(*args: Any, **kwargs: Any) -> Any:
             with forced:
@@ -434,6 +445,9 @@ class ScoreFunctionELBO(EstimatorELBO):
     :param analytic_kl: closed-form KL or entropy (Kingma and Welling's estimator B), see the module.
     :param baseline: :mod:`ppl_reparam.pyro.baselines` (a name, a number or an instance).
     :param stl: sticking the landing at reparameterized sites.
+    :param antithetic: draw the pathwise sites' particles in antithetic pairs; ``qmc``: on a randomized
+        Sobol point set (:mod:`ppl_reparam.noise`: Normal sites and element-wise transforms of them,
+        vectorized particles, no leave-one-out baseline).
     """
 
     estimator = "score"
@@ -463,6 +477,9 @@ class _Compiled:
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        if self.noise is not None:
+            raise ValueError(f"{type(self).__name__}: {self.noise}=True is not compiled; use "
+                             f"{type(self).__name__.removeprefix('Jit')} for it")
         if self.baseline is not None and type(self.baseline).update is not Baseline.update:
             raise ValueError(
                 f"{type(self).__name__}: the baseline {self.baseline!r} learns from every step, which a compiled "

@@ -15,8 +15,10 @@ carries the choice through ``expand`` and delegates everything else to the wrapp
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 
+import numpy as np
 import pyro.distributions as dist
 import torch
 from pyro.distributions import Delta, TorchDistribution
@@ -24,6 +26,7 @@ from pyro.distributions.torch_distribution import ExpandedDistribution, MaskedDi
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.subsample_messenger import _Subsample
 
+from .. import noise as qn
 from ..forcing import ForcedGuide, SiteChoices
 from .provenance import track
 
@@ -60,12 +63,67 @@ def can_rsample(fn: torch.distributions.Distribution) -> bool:
     return bool(getattr(type(leaf_distribution(fn)), "has_rsample", False))
 
 
+def _normal_path(fn: torch.distributions.Distribution) -> tuple[torch.distributions.Normal, list] | None:
+    """``(the Normal, the transforms applied to its draws, innermost first)`` if ``fn`` is a Normal under
+    Independent, Masked, Expanded and Transformed wrappers, else None."""
+    transforms: list = []
+    while not isinstance(fn, torch.distributions.Normal):
+        if isinstance(fn, torch.distributions.TransformedDistribution):
+            transforms = list(fn.transforms) + transforms
+        elif not isinstance(fn, (torch.distributions.Independent, MaskedDistribution, ExpandedDistribution)):
+            return None
+        fn = fn.base_dist
+    return fn, transforms
+
+
+class ParticleNoise:
+    """Antithetic or randomized quasi-Monte Carlo noise for the pathwise sites of one vectorized trace
+    (:mod:`ppl_reparam.noise`): the ``num_particles`` particles lie along batch dim ``particle_dim``."""
+
+    def __init__(self, kind: str, num_particles: int, particle_dim: int):
+        self.kind, self.num_particles, self.particle_dim = kind, num_particles, particle_dim
+
+    def check(self, name: str, fn: torch.distributions.Distribution) -> None:
+        """Raise a ValueError naming the site if ``fn`` is not an element-wise transform of a Normal."""
+        path = _normal_path(fn)
+        shape = fn.batch_shape + fn.event_shape
+        if path is None or any(t.forward_shape(shape) != shape for t in path[1]):
+            raise qn.unsupported(name, self.kind, describe(fn))
+
+    def standard_normal(self, shape: torch.Size, axis: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """Noise of ``shape``, marginally N(0, 1) everywhere, coupled along the particles' ``axis``."""
+        k = self.num_particles
+        if self.kind == "antithetic":
+            half = torch.randn(shape[:axis] + (k // 2,) + shape[axis + 1 :], dtype=dtype, device=device)
+            return torch.cat([half, -half], axis)
+        rest = shape[:axis] + shape[axis + 1 :]
+        points = torch.from_numpy(qn.sobol_points(k, math.prod(rest)).astype(np.int64))
+        shift = torch.randint(0, 2**32, (points.shape[1],), dtype=torch.int64)
+        u = (torch.bitwise_xor(points, shift).double() + 0.5) / 2.0**32
+        return torch.special.ndtri(u).to(dtype=dtype, device=device).reshape(k, *rest).movedim(0, axis)
+
+    def rsample(self, fn: torch.distributions.Distribution, sample_shape: torch.Size) -> torch.Tensor:
+        """A reparameterized draw of ``fn`` (one per particle) from the coupled noise."""
+        shape = fn.batch_shape + fn.event_shape
+        axis = len(fn.batch_shape) + self.particle_dim
+        if sample_shape or axis < 0 or shape[axis] != self.num_particles:
+            raise RuntimeError(
+                f"{self.kind} draws need the site's particles along batch dim {self.particle_dim}; got batch "
+                f"shape {tuple(fn.batch_shape)} and sample shape {tuple(sample_shape)}"
+            )
+        normal, transforms = _normal_path(fn)
+        x = normal.loc + normal.scale * self.standard_normal(shape, axis, normal.loc.dtype, normal.loc.device)
+        for t in transforms:
+            x = t(x)
+        return x
+
+
 class EstimatorDistribution(TorchDistribution):
     """Wraps ``base_dist`` and fixes how its samples carry gradients.
 
-    ``reparameterized=True``: samples are ``base_dist.rsample()`` (pathwise);
-    ``False``: samples are ``base_dist.sample()``, detached from autograd and forward-mode tangents
-    (score function), and carry the site names ``deps`` for provenance tracking
+    ``reparameterized=True``: samples are ``base_dist.rsample()`` (pathwise), or from ``noise``'s coupled
+    draws (:class:`ParticleNoise`); ``False``: samples are ``base_dist.sample()``, detached from autograd
+    and forward-mode tangents (score function), and carry the site names ``deps`` for provenance tracking
     (:mod:`ppl_reparam.pyro.provenance`; the ELBOs set it). ``log_prob``, ``entropy``, support and
     shapes are those of ``base_dist``.
     """
@@ -73,11 +131,16 @@ class EstimatorDistribution(TorchDistribution):
     arg_constraints: dict = {}
 
     def __init__(
-        self, base_dist: torch.distributions.Distribution, reparameterized: bool, deps: frozenset = frozenset()
+        self,
+        base_dist: torch.distributions.Distribution,
+        reparameterized: bool,
+        deps: frozenset = frozenset(),
+        noise: ParticleNoise | None = None,
     ):
         self.base_dist = base_dist
         self.has_rsample = reparameterized
         self.deps = deps
+        self.noise = noise
         super().__init__(base_dist.batch_shape, base_dist.event_shape, validate_args=False)
 
     @property
@@ -85,7 +148,7 @@ class EstimatorDistribution(TorchDistribution):
         return self.base_dist.support
 
     def expand(self, batch_shape, _instance=None) -> EstimatorDistribution:
-        return EstimatorDistribution(self.base_dist.expand(batch_shape), self.has_rsample, self.deps)
+        return EstimatorDistribution(self.base_dist.expand(batch_shape), self.has_rsample, self.deps, self.noise)
 
     def sample(self, sample_shape: torch.Size = _EMPTY) -> torch.Tensor:
         with torch.no_grad():
@@ -95,6 +158,8 @@ class EstimatorDistribution(TorchDistribution):
     def rsample(self, sample_shape: torch.Size = _EMPTY) -> torch.Tensor:
         if not self.has_rsample:
             raise RuntimeError("rsample called on a site forced to the score-function estimator")
+        if self.noise is not None:
+            return self.noise.rsample(self.base_dist, sample_shape)
         return self.base_dist.rsample(sample_shape)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
@@ -132,10 +197,14 @@ def is_guide_latent(msg: dict) -> bool:
     )
 
 
-def apply_estimator(name: str, fn: torch.distributions.Distribution, estimator: str, track: bool = False):
+def apply_estimator(
+    name: str, fn: torch.distributions.Distribution, estimator: str, track: bool = False,
+    noise: ParticleNoise | None = None,
+):
     """Wrap the site ``name``'s distribution so that it uses ``estimator``; a pathwise request on a
     family without ``rsample`` raises a ValueError naming the site and the distribution. With
-    ``track``, score-function samples carry the site's name (provenance tracking)."""
+    ``track``, score-function samples carry the site's name (provenance tracking); with ``noise``,
+    pathwise samples come from its coupled draws."""
     if estimator == "pathwise" and not can_rsample(fn):
         raise ValueError(
             f"site {name!r}: the pathwise (reparameterized) estimator needs rsample, but "
@@ -146,6 +215,9 @@ def apply_estimator(name: str, fn: torch.distributions.Distribution, estimator: 
     if isinstance(fn, EstimatorDistribution):
         fn = fn.base_dist
     pathwise = estimator == "pathwise"
+    if pathwise and noise is not None:
+        noise.check(name, fn)
+        return EstimatorDistribution(fn, True, noise=noise)
     return EstimatorDistribution(fn, pathwise, frozenset((name,)) if track and not pathwise else frozenset())
 
 
@@ -155,13 +227,18 @@ class ForceEstimatorMessenger(Messenger):
     Precedence at a site: named in ``sites`` > the site's own ``infer={"estimator": ...}`` or the
     choice of a handler nested inside this one > ``estimator`` when ``sites`` is None > unchanged
     (the family's native behaviour). With ``track`` (the ELBOs' handler) every score-function sample,
-    forced or native, carries its site's name (:mod:`ppl_reparam.pyro.provenance`).
+    forced or native, carries its site's name (:mod:`ppl_reparam.pyro.provenance`); with ``noise`` every
+    pathwise sample, forced or native, comes from its coupled draws (:class:`ParticleNoise`).
     """
 
-    def __init__(self, estimator: str | None, sites: Iterable[str] | None = None, track: bool = False):
+    def __init__(
+        self, estimator: str | None, sites: Iterable[str] | None = None, track: bool = False,
+        noise: ParticleNoise | None = None,
+    ):
         super().__init__()
         self.choices = SiteChoices(estimator, sites)
         self.track = track
+        self.noise = noise
 
     def _pyro_sample(self, msg: dict) -> None:
         if not is_guide_latent(msg):
@@ -169,8 +246,10 @@ class ForceEstimatorMessenger(Messenger):
         estimator = self.choices.choose(msg["name"], msg["infer"])
         if estimator is None and self.track and not msg["fn"].has_rsample:
             estimator = "score"
+        if estimator is None and self.noise is not None:
+            estimator = "pathwise"  # the site's own rsample, drawn from the coupled noise
         if estimator is not None:
-            msg["fn"] = apply_estimator(msg["name"], msg["fn"], estimator, self.track)
+            msg["fn"] = apply_estimator(msg["name"], msg["fn"], estimator, self.track, self.noise)
             # Record the choice as the site's own request, so that an enclosing handler (an ELBO's
             # blanket estimator) respects it; only sites named there override it.
             msg["infer"] = {**msg["infer"], "estimator": estimator}

@@ -15,9 +15,9 @@ Two ways to draw them, chosen by ``method``:
   from forward-mode autodiff, one pass per parameter element :math:`\phi_j` on the same random
   numbers. Both give the same numbers from the same draws; the reverse mode spares small problems
   the first forward-mode call of a process, which loads torch's compiler stack (about 1.5 s). Needs
-  one of this package's ELBOs with ``vectorize_particles=True`` and no leave-one-out baseline (which
-  would compare particles across repetitions); cost grows with the number of parameter elements, so
-  it suits few parameters (the toy problem, small conjugate models).
+  one of this package's ELBOs with ``vectorize_particles=True``, no leave-one-out baseline and no
+  antithetic or QMC draws (which would couple particles across repetitions); cost grows with the
+  number of parameter elements, so it suits few parameters (the toy problem, small conjugate models).
   A chunk's repetitions share one trace, so a randomly subsampled plate would draw its indices once
   for all of them: models that subsample are measured by ``"loop"``.
 - ``"loop"``: one reverse-mode gradient per repetition, each with its own subsample. Works with any
@@ -272,8 +272,11 @@ def gradient_variance(
     if chunk_particles < 1:
         raise ValueError(f"chunk_particles must be positive, got {chunk_particles}")
     # One vectorized pass puts several repetitions' particles side by side, so a baseline that
-    # compares particles (leave-one-out) would mix repetitions: those ELBOs are measured by "loop".
-    couples = isinstance(elbo, EstimatorELBO) and elbo.baseline is not None and elbo.baseline.needs_particles
+    # compares particles (leave-one-out) or coupled draws (antithetic pairs, a QMC point set) would mix
+    # repetitions: those ELBOs are measured by "loop".
+    couples = isinstance(elbo, EstimatorELBO) and (
+        (elbo.baseline is not None and elbo.baseline.needs_particles) or elbo.noise is not None
+    )
     batched = isinstance(elbo, EstimatorELBO) and elbo.vectorize_particles and not couples
     start = time.perf_counter()
     with isolated_rng(seed):
@@ -284,8 +287,8 @@ def gradient_variance(
             method = "forward" if batched and not subsampled and 4 * size <= num_reps else "loop"
         if method == "forward" and not batched:
             raise ValueError(
-                "method='forward' needs ScoreFunctionELBO or PathwiseELBO with vectorize_particles=True "
-                "and no leave-one-out baseline; use method='loop' for this ELBO"
+                "method='forward' needs ScoreFunctionELBO or PathwiseELBO with vectorize_particles=True, "
+                "no leave-one-out baseline and no antithetic or QMC draws; use method='loop' for this ELBO"
             )
         if method == "forward" and subsampled:
             raise ValueError(
