@@ -56,6 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..choice import CRITERIA
 from ..report import ResultSet, atomic_write_text, check_output_folder, markdown_table, write_csv, write_json
 from ..stats import MIN_REPS, GradientStats
 from ..threads import auto_threads, limited_threads
@@ -63,6 +64,8 @@ from ..training import CHECKPOINTS
 from .common import SPEC_HELP, TOY_BYTES_PER_PARTICLE, HelpFormatter, check_memory, number, text
 
 MODELS = ("toy", "vae", "discrete")
+GROUPS = {"toy": ("theta",), "vae": ("encoder", "decoder"), "discrete": ("encoder", "decoder")}
+"""Each model's parameter groups, as the tables show them (``--choose``)."""
 BACKENDS = ("pyro", "numpyro")
 DEFAULT_ESTIMATORS = {
     "toy": "score,score+rloo:4,score+ma,pathwise,pathwise+stl,iwae:5,iwae-vimco:5,iwae-dreg:5",
@@ -457,6 +460,9 @@ def run(args: argparse.Namespace) -> None:
     check_specs_memory(specs, args.model, args.batch_size, args.checkpoint)
     if args.model == "toy" and (args.checkpoint or args.run):
         raise ValueError("--checkpoint and --run apply to the VAEs (--model vae or discrete), not the toy")
+    if args.choose is not None and args.choose not in GROUPS[args.model]:
+        raise ValueError(f"--choose: the {args.model} model's parameter groups are {', '.join(GROUPS[args.model])}, "
+                         f"not {args.choose!r}")
     out = check_output_folder(args.out)
     if args.backend == "pyro":
         import torch  # noqa: F401  (loaded before the thread policy, so that it reaches torch)
@@ -473,9 +479,20 @@ def run(args: argparse.Namespace) -> None:
     table = summary_table(rows, comparison)
     print(header)
     print(table)
+    choice = None
+    if args.choose is not None:
+        from ..choice import choose
+        from ..specs import objective_of
+
+        choice = choose(rows, args.choose, args.criterion, {str(s): objective_of(s) for s in specs})
+        print(f"chosen: {choice.reason()}")
     from ..plots import plot_compare
 
     with ResultSet(out, "compare") as results:
+        if choice is not None:
+            write_json({"chosen": choice.chosen, "group": choice.group, "criterion": choice.criterion,
+                        "reason": choice.reason(), "distinguished": choice.distinguished,
+                        "ranking": choice.ranking}, results.path("choice.json"))
         write_csv(rows, results.path("compare.csv"))
         write_json({"model": args.model, "backend": args.backend, "parameters": target.description,
                     "reps": args.reps, "seed": args.seed, "warmup": args.warmup, "threads": n_threads,
@@ -518,5 +535,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="rows of the fixed batch (VAEs)")
     parser.add_argument("--warmup", type=number(0, 10**7, integer=True), default=1000,
                         help="training-free updates of a ma or learned baseline before it is measured")
+    parser.add_argument("--choose", default=None, choices=sorted({g for gs in GROUPS.values() for g in gs}),
+                        help="choose the spec with the lowest work-normalized variance of this parameter group "
+                        "(ppl_reparam.choice); written to choice.json")
+    parser.add_argument("--criterion", choices=CRITERIA, default=CRITERIA[0],
+                        help="per_sample_variance: variance x particles (deterministic); variance_x_seconds: "
+                        "variance x measured seconds per estimate")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numbers
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -34,6 +34,7 @@ from numpyro.handlers import replay, seed, substitute, trace
 from numpyro.infer.elbo import ELBO
 from numpyro.infer.util import transform_fn
 
+from ..choice import Choice, measure_and_choose
 from ..stats import MIN_REPS, GradientStats, measure_each
 
 _ARRAY = object()
@@ -170,3 +171,27 @@ def compare_estimators(
     and guide."""
     options = ("params", "confidence", "chunk_particles")
     return measure_each(gradient_variance, options, model, guide, elbos, args, kwargs, num_reps, seed)
+
+
+def choose_estimator(
+    model: Callable,
+    guide: Callable,
+    candidates: Sequence[str],
+    *args: Any,
+    group: Sequence[str] | str | None = None,
+    criterion: str = "per_sample_variance",
+    num_reps: int = 100,
+    seed: int = 0,
+    **kwargs: Any,
+) -> Choice:
+    """The candidate estimator spec (:mod:`ppl_reparam.specs`, e.g. ``["score", "score+rloo:4",
+    "pathwise"]``) with the lowest work-normalized gradient variance on ``group`` (parameter names or
+    prefixes; None: all) at the current parameters: :func:`compare_estimators` of the specs' ELBOs, then
+    :func:`ppl_reparam.choice.choose_from_stats` (``criterion``, the reasons in ``Choice.reason()``). A
+    candidate that cannot apply (pathwise on a discrete site) raises its ELBO's error; leave it out.
+    ``kwargs`` go to :func:`compare_estimators`."""
+    from .specs import make_elbo
+
+    return measure_and_choose(
+        compare_estimators, make_elbo, model, guide, candidates, args, kwargs, group, criterion, num_reps, seed
+    )

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -47,6 +47,7 @@ from pyro.infer import ELBO
 from pyro.poutine.subsample_messenger import _Subsample
 from tqdm.auto import tqdm
 
+from ..choice import Choice, measure_and_choose
 from ..stats import MIN_REPS, GradientStats, measure_each
 from ..threads import auto_threads, limited_threads
 from .elbo import EstimatorELBO
@@ -329,3 +330,27 @@ def compare_estimators(
     :func:`gradient_variance` when it takes them, else to the model and guide."""
     options = ("confidence", "method", "chunk_particles", "progress", "threads")
     return measure_each(gradient_variance, options, model, guide, elbos, args, kwargs, num_reps, seed)
+
+
+def choose_estimator(
+    model: Callable,
+    guide: Callable,
+    candidates: Sequence[str],
+    *args: Any,
+    group: Sequence[str] | str | None = None,
+    criterion: str = "per_sample_variance",
+    num_reps: int = 100,
+    seed: int = 0,
+    **kwargs: Any,
+) -> Choice:
+    """The candidate estimator spec (:mod:`ppl_reparam.specs`, e.g. ``["score", "score+rloo:4",
+    "pathwise"]``) with the lowest work-normalized gradient variance on ``group`` (parameter names or
+    prefixes; None: all) at the current parameters: :func:`compare_estimators` of the specs' ELBOs, then
+    :func:`ppl_reparam.choice.choose_from_stats` (``criterion``, the reasons in ``Choice.reason()``). A
+    candidate that cannot apply (pathwise on a discrete site) raises its ELBO's error; leave it out.
+    ``kwargs`` go to :func:`compare_estimators`."""
+    from .specs import make_elbo
+
+    return measure_and_choose(
+        compare_estimators, make_elbo, model, guide, candidates, args, kwargs, group, criterion, num_reps, seed
+    )
