@@ -24,10 +24,26 @@ estimator) or measure the per-sample variance.
   2018), :math:`\nabla_\theta x = -\nabla_\theta F(x;\theta) / q(x;\theta)` with ``F`` the CDF,
   computed without differentiating through the rejection sampler.
 
+- RELAX and REBAR (Grathwohl et al., "Backpropagation through the Void", ICLR 2018; Tucker et al.,
+  "REBAR", NeurIPS 2017), for independent Bernoulli bits :math:`b = H(z)`, :math:`z = \theta + \log u -
+  \log(1-u)` (logits :math:`\theta`, :math:`u` uniform), with :math:`\tilde z \sim p(z \mid b)` drawn
+  by the conditional reparameterization :math:`\tilde z = \theta + \log v' - \log(1 - v')`,
+  :math:`v' = v(1-p)` if :math:`b = 0`, :math:`1 - p + vp` if :math:`b = 1` (:math:`p = \sigma(\theta)`,
+  :math:`v` uniform), and a control variate :math:`c` differentiable in the relaxed sample:
+
+  .. math:: \hat g = \big(f(b) - c(\tilde z)\big)\,\nabla_\theta \log p(b;\theta)
+            + \nabla_\theta c(z) - \nabla_\theta c(\tilde z),
+            \qquad \nabla_\theta \log p(b;\theta) = b - p.
+
+  Unbiased for :math:`\nabla_\theta E[f(b)]` for any :math:`c` (the last two terms have equal
+  means); REBAR is :math:`c(z) = \eta\, f(\sigma(z/\lambda))`, the Concrete relaxation at temperature
+  :math:`\lambda` scaled by :math:`\eta`. Learning :math:`c`, :math:`\eta` or :math:`\lambda` to lower the
+  variance (the papers' second half) is left to the caller: these functions take them as given.
+
 The third estimator, the measure-valued gradient, needs no autodiff and is written once, in NumPy:
 :mod:`ppl_reparam.measure_valued`.
 
 Survey: Mohamed, Rosca, Figurnov and Mnih, "Monte Carlo Gradient Estimation in Machine Learning",
-JMLR 21(132), 2020, sections 4 and 5. The same seed gives the same numbers; no global random state is
+JMLR 21(132), 2020, sections 4, 5 and 7. The same seed gives the same numbers; no global random state is
 read or changed.
 """

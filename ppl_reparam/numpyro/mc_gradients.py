@@ -121,3 +121,87 @@ def pathwise_jacobians(
     if not d.has_rsample:
         raise ValueError(f"{type(d).__name__} has no rsample, so no pathwise gradient; use score_function_jacobians")
     return _pathwise(function, dist_builder, params, _keys(seed, num_samples))
+
+
+def _relaxed_pair(logits: jax.Array, u: jax.Array, v: jax.Array) -> tuple[jax.Array, ...]:
+    """``(b, z, z_tilde, p)``: the bits, their logistic relaxation and its conditional resample given the
+    bits (:mod:`ppl_reparam.mc_gradients`), differentiable in ``logits``."""
+    p = jax.nn.sigmoid(logits)
+    z = logits + jnp.log(u) - jnp.log1p(-u)
+    b = jax.lax.stop_gradient((z > 0).astype(logits.dtype))
+    v_cond = jnp.where(b > 0, 1 - p + v * p, v * (1 - p))
+    z_tilde = logits + jnp.log(v_cond) - jnp.log1p(-v_cond)
+    return b, z, z_tilde, p
+
+
+@partial(jax.jit, static_argnums=(0, 1))
+def _relax(function: Function, control: Function, logits: jax.Array, keys: jax.Array) -> jax.Array:
+    """``jax.vmap`` over ``keys`` of one RELAX estimate; compiled once per (function, control) pair and shapes."""
+
+    def one(key: jax.Array) -> jax.Array:
+        tiny = jnp.finfo(logits.dtype).eps
+        u, v = jnp.clip(random.uniform(key, (2, *logits.shape), logits.dtype), tiny, 1 - tiny)
+        b, _, z_tilde, p = _relaxed_pair(logits, u, v)
+        weight = jax.lax.stop_gradient(_value(function, b) - _value(control, z_tilde))
+
+        def controls(theta: jax.Array) -> jax.Array:
+            _, z, z_tilde, _ = _relaxed_pair(theta, u, v)
+            return _value(control, z) - _value(control, z_tilde)
+
+        return weight * jax.lax.stop_gradient(b - p) + jax.grad(controls)(logits)
+
+    return jax.vmap(one)(keys)
+
+
+def relax_jacobians(
+    function: Function,
+    control: Function,
+    logits: jax.Array,
+    num_samples: int,
+    *,
+    seed: int,
+) -> jax.Array:
+    r"""Per-sample RELAX gradients of :math:`E[f(b)]`, :math:`b_j \sim \mathrm{Bernoulli}(\sigma(\theta_j))`
+    independent, in the logits :math:`\theta` (P,), shape ``(num_samples, P)``
+    (:mod:`ppl_reparam.mc_gradients`). ``function`` maps one sample's bits (P,) to a scalar; ``control``
+    maps its relaxed logits (P,) to a scalar, differentiably. Unbiased for any ``control``; both must
+    be hashable (compiled as static arguments)."""
+    logits = jnp.asarray(logits, dtype=jnp.result_type(float))
+    if logits.ndim != 1:
+        raise ValueError(f"logits must be a 1-D array of P logits, got shape {tuple(logits.shape)}")
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be positive, got {num_samples}")
+    return _relax(function, control, logits, _keys(seed, num_samples))
+
+
+class _Rebar:
+    r"""REBAR's control variate :math:`\eta\, f(\sigma(z/\lambda))`, hashable for the compiled estimator."""
+
+    def __init__(self, function: Function, temperature: float, eta: float):
+        self.function, self.temperature, self.eta = function, temperature, eta
+
+    def __call__(self, z: jax.Array) -> jax.Array:
+        return self.eta * self.function(jax.nn.sigmoid(z / self.temperature))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Rebar) and (other.function, other.temperature, other.eta) == (
+            self.function, self.temperature, self.eta)
+
+    def __hash__(self) -> int:
+        return hash((self.function, self.temperature, self.eta))
+
+
+def rebar_jacobians(
+    function: Function,
+    logits: jax.Array,
+    num_samples: int,
+    *,
+    seed: int,
+    temperature: float = 0.5,
+    eta: float = 1.0,
+) -> jax.Array:
+    r""":func:`relax_jacobians` with REBAR's control variate :math:`\eta\, f(\sigma(z/\lambda))`
+    (``function`` must then accept relaxed values in (0, 1) as well as bits)."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    return relax_jacobians(function, _Rebar(function, float(temperature), float(eta)), logits, num_samples, seed=seed)

@@ -106,3 +106,57 @@ def pathwise_jacobians(
                              "use score_function_jacobians")
         x = d.rsample()
     return _jacobian(_values(function, x, num_samples).sum(), rows)
+
+
+def _relaxed_pair(logits: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``(b, z, z_tilde, p)``: the bits, their logistic relaxation and its conditional resample given the
+    bits (:mod:`ppl_reparam.mc_gradients`), differentiable in ``logits``."""
+    p = torch.sigmoid(logits)
+    z = logits + torch.log(u) - torch.log1p(-u)
+    b = (z > 0).to(logits.dtype).detach()
+    v_cond = torch.where(b > 0, 1 - p + v * p, v * (1 - p))
+    z_tilde = logits + torch.log(v_cond) - torch.log1p(-v_cond)
+    return b, z, z_tilde, p
+
+
+def relax_jacobians(
+    function: Function,
+    control: Function,
+    logits: torch.Tensor,
+    num_samples: int,
+    *,
+    seed: int,
+) -> torch.Tensor:
+    r"""Per-sample RELAX gradients of :math:`E[f(b)]`, :math:`b_j \sim \mathrm{Bernoulli}(\sigma(\theta_j))`
+    independent, in the logits :math:`\theta` (P,), shape ``(num_samples, P)``
+    (:mod:`ppl_reparam.mc_gradients`). ``function`` maps bits ``(num_samples, P)`` to values
+    ``(num_samples,)``; ``control`` maps relaxed logits ``(num_samples, P)`` to ``(num_samples,)``,
+    differentiably. Unbiased for any ``control``."""
+    rows = _rows(logits, num_samples)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        u = torch.rand(rows.shape, dtype=rows.dtype).clamp(1e-12, 1 - 1e-12)
+        v = torch.rand(rows.shape, dtype=rows.dtype).clamp(1e-12, 1 - 1e-12)
+    b, z, z_tilde, p = _relaxed_pair(rows, u, v)
+    c_tilde = _values(control, z_tilde, num_samples)
+    weight = (_values(function, b, num_samples) - c_tilde).detach()
+    score = weight.unsqueeze(-1) * (b - p).detach()
+    return score + _jacobian((_values(control, z, num_samples) - c_tilde).sum(), rows)
+
+
+def rebar_jacobians(
+    function: Function,
+    logits: torch.Tensor,
+    num_samples: int,
+    *,
+    seed: int,
+    temperature: float = 0.5,
+    eta: float = 1.0,
+) -> torch.Tensor:
+    r""":func:`relax_jacobians` with REBAR's control variate :math:`\eta\, f(\sigma(z/\lambda))`
+    (``function`` must then accept relaxed values in (0, 1) as well as bits)."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    return relax_jacobians(
+        function, lambda z: eta * function(torch.sigmoid(z / temperature)), logits, num_samples, seed=seed
+    )
