@@ -25,7 +25,7 @@ from typing import Any
 
 from .monitor import resolve_groups
 from .specs import RunSpec, objective_of, parse_run_spec
-from .study import group_rows
+from .study import measured_rows
 
 CRITERIA = ("per_sample_variance", "variance_x_seconds")
 
@@ -112,11 +112,7 @@ def choose_from_stats(
     names = list(next(iter(stats.values())))
     label = "all parameters" if group is None else group if isinstance(group, str) else ", ".join(group)
     members = {label: names} if group is None else resolve_groups({label: group}, names)
-    rows = [
-        {"measured": name, **row}
-        for name, measured in stats.items()
-        for row in group_rows(measured, members, specs[name].particles, confidence, seed)
-    ]
+    rows = measured_rows(stats, members, confidence, seed, {name: spec.particles for name, spec in specs.items()})
     return choose(rows, label, criterion, {name: objective_of(spec) for name, spec in specs.items()})
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .stats import MIN_REPS
-from .study import derived_seed, group_rows
+from .study import derived_seed, measured_rows
 
 Groups = Mapping[str, Sequence[str]]
 """Parameter groups: group name -> parameter names or name prefixes (``"encoder"`` holds
@@ -126,11 +126,7 @@ class VarianceMonitor:
         """Add the rows of one measurement (``{elbo name: GradientStats}``), write the files, return the rows."""
         first = next(iter(stats.values()))
         groups = resolve_groups(self.groups, list(first))
-        rows = [
-            {"step": step, "measured": name, **row}
-            for name, measured in stats.items()
-            for row in group_rows(measured, groups, measured.num_particles, self.confidence, self.seed)
-        ]
+        rows = [{"step": step, **row} for row in measured_rows(stats, groups, self.confidence, self.seed)]
         self.rows.extend(rows)
         if self.out is not None:
             self.write()

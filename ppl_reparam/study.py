@@ -57,6 +57,22 @@ def group_rows(
     return rows
 
 
+def measured_rows(
+    stats: Mapping[str, Any], groups: Mapping[str, Sequence[str]], confidence: float, seed: int,
+    particles: Mapping[str, int] | None = None,
+) -> list[dict[str, Any]]:
+    """:func:`group_rows` of every measured estimator in ``{name: GradientStats}``, each row led by
+    ``measured`` (the name); ``particles`` per name (default: each measurement's own). The rows of
+    ``ppl-reparam vae``, ``compare`` and :class:`~ppl_reparam.monitor.VarianceMonitor`."""
+    return [
+        {"measured": name, **row}
+        for name, measured in stats.items()
+        for row in group_rows(
+            measured, groups, (particles or {}).get(name, measured.num_particles), confidence, seed
+        )
+    ]
+
+
 def reference_of(names: Sequence[str]) -> str | None:
     """The estimator others are compared with: ``pathwise`` if measured, else ``score``, else None."""
     return next((r for r in ("pathwise", "score") if r in names), None)

@@ -402,13 +402,13 @@ def measure(
     target: Target, specs: list, reps: int, seed: int, warmup: int = 1000, confidence: float = 0.95,
     progress: bool = False,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Rows per spec and parameter group (:func:`~ppl_reparam.study.group_rows`) and the comparisons
+    """Rows per spec and parameter group (:func:`~ppl_reparam.study.measured_rows`) and the comparisons
     with the reference (:func:`~ppl_reparam.study.comparison_rows`), every spec at the same parameters
     of ``target`` (either backend's), spec ``j`` seeded by ``(seed, j)`` and its warm-up by ``(seed, j,
     1)``. Every spec is checked before any is measured."""
     from tqdm.auto import tqdm
 
-    from ..study import comparison_rows, derived_seed, group_rows
+    from ..study import comparison_rows, derived_seed, measured_rows
 
     names = {str(s): s for s in specs}
     stats = {}
@@ -419,11 +419,7 @@ def measure(
             stats[name] = target.gradient_stats(spec, reps, derived_seed(seed, j), warmup, derived_seed(seed, j, 1),
                                                 confidence)
     groups = target.groups(list(next(iter(stats.values()))))
-    rows = [
-        {"measured": name, **row}
-        for name, measured in stats.items()
-        for row in group_rows(measured, groups, names[name].particles, confidence, seed)
-    ]
+    rows = measured_rows(stats, groups, confidence, seed, {name: spec.particles for name, spec in names.items()})
     return rows, comparison_rows(stats, names, groups, confidence, seed)
 
 

@@ -52,7 +52,7 @@ from ..data import Dataset, binarize, minibatches
 from ..report import atomic_write_checked, read_checked
 from ..specs import EstimatorSpec, RelaxedSpec, RunSpec, parse_run_spec
 from ..stats import GradientStats
-from ..study import VAEConfig, comparison_rows, derived_seed, group_names, group_rows
+from ..study import VAEConfig, comparison_rows, derived_seed, group_names, measured_rows
 from ..training import CHECKPOINTS, check_complete
 from .baselines import LearnedBaseline
 from .specs import make_elbo
@@ -328,7 +328,7 @@ def measure_estimators(
     time to reuse the compiled function. Each gets :func:`~ppl_reparam.numpyro.gradient_variance` with
     ``num_reps`` repetitions on the fixed batch ``x`` (so the spread is the estimator's alone, not
     minibatch noise), under its own seed. Returns ``(rows, comparisons)`` with the columns of
-    :func:`ppl_reparam.pyro.training.measure_estimators` (:func:`~ppl_reparam.study.group_rows`,
+    :func:`ppl_reparam.pyro.training.measure_estimators` (:func:`~ppl_reparam.study.measured_rows`,
     :func:`~ppl_reparam.study.comparison_rows`).
     """
     stats = {}
@@ -339,12 +339,7 @@ def measure_estimators(
         )
     groups = group_names(next(iter(stats.values())))
     specs = {name: parse_run_spec(name) for name in stats}
-    rows = [
-        {"measured": name, **row}
-        for name, measured in stats.items()
-        for row in group_rows(measured, groups, measured.num_particles, confidence, seed)
-    ]
-    return rows, comparison_rows(stats, specs, groups, confidence, seed)
+    return measured_rows(stats, groups, confidence, seed), comparison_rows(stats, specs, groups, confidence, seed)
 
 
 def check_applies(

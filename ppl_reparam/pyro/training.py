@@ -38,7 +38,7 @@ from pyro.optim import Adam
 from ..data import Dataset, binarize, minibatches
 from ..report import atomic_write_checked, read_checked
 from ..specs import EstimatorSpec, RelaxedSpec, RunSpec, parse_run_spec
-from ..study import VAEConfig, comparison_rows, derived_seed, group_names, group_rows
+from ..study import VAEConfig, comparison_rows, derived_seed, group_names, measured_rows
 from ..training import CHECKPOINTS, check_complete
 from .baselines import LearnedBaseline
 from .specs import make_elbo
@@ -298,7 +298,7 @@ def measure_estimators(
     temperature (:func:`temperature_of`); intervals at level ``confidence``. ``elbos`` maps spec names
     to ELBOs to measure with instead of fresh ones (:func:`make_run_elbo`): a trained run's, whose
     baseline has learned. Returns ``(rows, comparisons)``: a row per spec and group
-    (:func:`group_rows`, with ``measured``), and :func:`comparison_rows`.
+    (:func:`~ppl_reparam.study.measured_rows`), and :func:`comparison_rows`.
     """
     specs = {str(s): s for s in (parse_run_spec(e) if isinstance(e, str) else e for e in estimators)}
     stats = {}
@@ -311,11 +311,8 @@ def measure_estimators(
                     num_data=num_data,
                 )
     groups = group_names(next(iter(stats.values())))
-    rows = [
-        {"measured": name, **row}
-        for name, measured in stats.items()
-        for row in group_rows(measured, groups, specs[name].particles, confidence, seed)
-    ]
+    particles = {name: spec.particles for name, spec in specs.items()}
+    rows = measured_rows(stats, groups, confidence, seed, particles)
     return rows, comparison_rows(stats, specs, groups, confidence, seed)
 
 
