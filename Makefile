@@ -29,6 +29,7 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 bench: $(STAMP)
+	$(PY) -m pip install -q -e ".[bench]"
 	$(PY) benchmarks/as_users_run.py
 	$(PY) benchmarks/toy_sweep.py
 	$(PY) benchmarks/toy_sweep_numpyro.py
@@ -36,6 +37,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/score_step.py
 	$(PY) benchmarks/jit_step.py
 	$(PY) benchmarks/vae_epoch_numpyro.py
+	$(PY) benchmarks/storchastic_side_by_side.py
 
 clean:
 	rm -rf $(VENV) results
