@@ -40,7 +40,8 @@ def trim_mean(samples: np.ndarray, proportion: float) -> np.ndarray:
     ``scipy.stats.trim_mean`` (whose import would add half a second to every command's start)."""
     n = samples.shape[0]
     cut = int(proportion * n)
-    return np.sort(samples, axis=0)[cut : n - cut].mean(axis=0)
+    # a partition around the two cut points, not a sort: O(n) per column, the same values as scipy's
+    return np.partition(samples, (cut, n - cut - 1), axis=0)[cut : n - cut].mean(axis=0)
 
 
 def bonett_variance_ci(samples: np.ndarray, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
