@@ -59,7 +59,7 @@ def spec_cases(command: str, option: str, specs: list[str]) -> list[pytest.Param
 
 BAD_SPECS = ["", ",", " , ", "scor", "reinforce", "score+rloo+ma", "score+b=nan", "score+b=inf", "score+b=",
              "score+b=x", "score+foo", "score:x", "score:0", "score:-1", "pathwise+rloo", "score+stl", "iwae+akl",
-             "iwae:0"]
+             "iwae:0", "pathwise+anti:3", "score+qmc:4", "pathwise+anti+qmc:4", "pathwise+anti:1", "score+anti:2"]
 
 CASES = [
     # ------------------------------------------------------------------------------------------- toy
@@ -141,6 +141,10 @@ CASES = [
     bad("compare", "--model", "discrete", "--estimators", "relaxed+t=0", names=("--estimators", "relaxed+t=0")),
     bad("compare", "--model", "discrete", "--estimators", "pathwise", names=("--estimators", "pathwise")),
     *[bad("compare", "--backend", v) for v in ("jax", "")],
+    bad("compare", "--estimators", "pathwise+qmc", names=("--estimators", "pathwise+qmc")),
+    *[bad("compare", "--choose", v) for v in ("encoder", "decoder", "foo", "")],
+    bad("compare", "--model", "vae", "--choose", "theta", names=("--choose",)),
+    *[bad("compare", "--criterion", v) for v in ("seconds", "")],
     *out_cases("compare"),
     # ------------------------------------------------------------------------------------- families
     *[bad("families", "--samples", v) for v in (HUGE, "0", "4", "-1", "abc", "", "nan", "1e5")],
