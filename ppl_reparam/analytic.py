@@ -38,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from numpy.polynomial import Polynomial
 
 SQUARE = Polynomial([0.0, 0.0, 1.0])
@@ -101,12 +102,14 @@ def per_sample_gradient(
     f: Polynomial = SQUARE,
     baseline: float = 0.0,
     stl: bool = False,
+    antithetic: bool = False,
 ) -> Polynomial:
     r"""The per-sample gradient of the toy loss as a polynomial in :math:`\epsilon` (table above).
 
     ``analytic_kl`` picks the closed-form entropy (True) or its Monte Carlo estimate (False); it
     changes only the score-function rows. ``baseline`` applies to the score function and ``stl``
-    (sticking the landing) to the pathwise estimator.
+    (sticking the landing) to the pathwise estimator. ``antithetic`` (pathwise) gives instead the
+    average of an antithetic pair, :math:`(g(\epsilon) + g(-\epsilon))/2`: the even part of ``g``.
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown estimator {estimator!r}; expected one of {ESTIMATORS}")
@@ -122,8 +125,15 @@ def per_sample_gradient(
         if baseline:
             raise ValueError("a baseline applies to the score-function estimator only")
         if wrt == "loc":
-            return dfx - eps / sigma if stl else dfx
-        return dfx * eps - (eps**2 / sigma if stl else 1.0 / sigma)
+            g = dfx - eps / sigma if stl else dfx
+        else:
+            g = dfx * eps - (eps**2 / sigma if stl else 1.0 / sigma)
+        if antithetic:
+            mirrored = Polynomial(g.coef * (-1.0) ** np.arange(len(g.coef)))
+            return (g + mirrored) / 2
+        return g
+    if antithetic:
+        raise ValueError("antithetic draws apply to the pathwise estimator only")
     if stl:
         raise ValueError("sticking the landing applies to the pathwise estimator only")
     score = eps / sigma if wrt == "loc" else (eps**2 - 1) / sigma

@@ -236,3 +236,18 @@ def test_pyro_corpus_runs_or_names_the_site(kind):
             assert grad is None or torch.isfinite(grad).all(), (case.name, site["name"])
     assert set(unsupported) == {"to_event_sites"}, unsupported
     assert unsupported["to_event_sites"].startswith(f"site 'w': {kind} draws apply to pathwise sites")
+
+
+def test_toy_closed_forms_of_an_antithetic_pair():
+    from ppl_reparam.analytic import gradient_moments
+    from ppl_reparam.cli.toy import closed_form
+
+    loc = gradient_moments("pathwise", THETA, SIGMA, antithetic=True)
+    scale = gradient_moments("pathwise", THETA, 1.5, wrt="scale", antithetic=True)
+    assert (loc.mean, loc.variance) == (2 * THETA, 0.0)
+    assert scale.variance == pytest.approx(8 * 1.5**2)  # the pair average 2 sigma eps^2 - 1/sigma
+    # the toy table: N/2 pairs, so the N-sample variance is 2 x a pair's over N; QMC has no closed form
+    assert closed_form(parse_spec("pathwise+akl+anti:2"), THETA).variance == 0.0
+    assert closed_form(parse_spec("pathwise+qmc:2"), THETA) is None
+    with pytest.raises(ValueError, match="antithetic draws apply to the pathwise estimator only"):
+        gradient_moments("score", THETA, antithetic=True)

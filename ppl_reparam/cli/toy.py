@@ -32,12 +32,17 @@ DEFAULT_SPECS = "score+akl,pathwise+akl"
 
 
 def closed_form(spec: EstimatorSpec, theta: float) -> analytic.Moments | None:
-    """Exact moments of the spec's per-sample gradient, where :mod:`ppl_reparam.analytic` has them."""
-    if spec.is_iwae or isinstance(spec.baseline, str):
+    """Exact moments of the spec's per-sample gradient, where :mod:`ppl_reparam.analytic` has them. With
+    antithetic draws, the N-sample estimate averages N/2 pairs: its mean and twice a pair's variance (so
+    that the estimate's variance is variance / N, as for the others); QMC has no closed form."""
+    if spec.is_iwae or isinstance(spec.baseline, str) or spec.noise == "qmc":
         return None
-    return analytic.gradient_moments(
-        spec.base, theta, analytic_kl=spec.analytic_kl, baseline=spec.baseline or 0.0, stl=spec.stl
+    antithetic = spec.noise == "antithetic"
+    exact = analytic.gradient_moments(
+        spec.base, theta, analytic_kl=spec.analytic_kl, baseline=spec.baseline or 0.0, stl=spec.stl,
+        antithetic=antithetic,
     )
+    return analytic.Moments(exact.mean, 2 * exact.variance, math.nan) if antithetic else exact
 
 
 def parse_samples(text: str) -> list[int]:
