@@ -105,8 +105,10 @@ def plot_toy_sweep(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str],
     colours = dict(zip(estimators, itertools.cycle(_COLOURS)))
     markers = dict(zip(sorted({b for _, b in series}), _MARKERS))
     for estimator in estimators:
+        # a closed form of 0 (an antithetic pair's loc gradient) has no place on a log axis
         line = sorted({(r["N"], r["closed_form_variance"]) for r in rows
-                       if r["estimator"] == estimator and np.isfinite(r["closed_form_variance"])})
+                       if r["estimator"] == estimator and np.isfinite(r["closed_form_variance"])
+                       and r["closed_form_variance"] > 0})
         if line:
             ax.plot(*np.array(line).T, "-", color=colours[estimator], alpha=0.6, label=f"{estimator}: closed form")
     samples = [r["N"] for r in rows]
