@@ -23,9 +23,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .monitor import resolve_groups
 from .specs import RunSpec, objective_of, parse_run_spec
-from .study import measured_rows
+from .study import measured_rows, resolve_groups
 
 CRITERIA = ("per_sample_variance", "variance_x_seconds")
 
@@ -106,7 +105,7 @@ def choose_from_stats(
     seed: int = 0,
 ) -> Choice:
     """:func:`choose` on ``{spec: GradientStats}`` measured at the same parameters; ``group`` names the
-    parameters (or name prefixes, as :data:`ppl_reparam.monitor.Groups`) the choice is made on (None:
+    parameters (or name prefixes, as :data:`ppl_reparam.study.Groups`) the choice is made on (None:
     all of them)."""
     specs: dict[str, RunSpec] = {name: parse_run_spec(name) for name in stats}
     names = list(next(iter(stats.values())))

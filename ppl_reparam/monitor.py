@@ -17,16 +17,14 @@ supply the measurement; the schedule, groups, rows and files are here.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from . import choice
+from .choice import CRITERIA, Choice
 from .stats import MIN_REPS
-from .study import derived_seed, measured_rows
-
-Groups = Mapping[str, Sequence[str]]
-"""Parameter groups: group name -> parameter names or name prefixes (``"encoder"`` holds
-``"encoder.fc1.weight"``: a name belongs to a prefix it equals or that it starts with, then a dot)."""
+from .study import Groups, derived_seed, measured_rows, resolve_groups
 
 
 def named_elbos(elbos: Any) -> dict[str, Any]:
@@ -36,23 +34,6 @@ def named_elbos(elbos: Any) -> dict[str, Any]:
             raise ValueError("elbos is empty: give an ELBO, or a mapping from names to ELBOs")
         return dict(elbos)
     return {type(elbos).__name__: elbos}
-
-
-def resolve_groups(groups: Groups | None, names: Sequence[str]) -> dict[str, list[str]]:
-    """The parameter names of each group; ``None``: one group per parameter. A group that matches no
-    parameter is an error naming the parameters there are."""
-    if groups is None:
-        return {name: [name] for name in names}
-    resolved = {}
-    for group, prefixes in groups.items():
-        prefixes = [prefixes] if isinstance(prefixes, str) else list(prefixes)
-        members = [n for n in names if any(n == p or n.startswith(p + ".") for p in prefixes)]
-        if not members:
-            raise ValueError(
-                f"parameter group {group!r} ({prefixes}) matches no parameter; the parameters are {list(names)}"
-            )
-        resolved[group] = members
-    return resolved
 
 
 class VarianceMonitor:
@@ -68,6 +49,9 @@ class VarianceMonitor:
         None: rows are kept in :attr:`rows` only.
     :param seed: the measurement at step ``s`` of the ``j``-th ELBO draws under ``derived_seed(seed, s, j)``.
     :param confidence: level of the variance intervals.
+    :param choose: a parameter group: at every measurement, choose the ELBO with the lowest
+        work-normalized variance of that group (:func:`ppl_reparam.choice.choose`, ``criterion``), kept in
+        :attr:`choice` and :attr:`choices` (and ``choices.csv`` with ``out``), for a loop that switches to it.
     :param options: further keyword arguments of the backend's ``gradient_variance``.
     """
 
@@ -83,6 +67,8 @@ class VarianceMonitor:
         out: str | os.PathLike[str] | None = None,
         seed: int = 0,
         confidence: float = 0.95,
+        choose: str | None = None,
+        criterion: str = CRITERIA[0],
         **options: Any,
     ):
         if every < 1:
@@ -97,7 +83,12 @@ class VarianceMonitor:
         self.out = None if out is None else Path(out)
         self.seed = seed
         self.confidence = confidence
+        if criterion not in CRITERIA:
+            raise ValueError(f"unknown criterion {criterion!r}; choose from {', '.join(CRITERIA)}")
+        self.choose, self.criterion = choose, criterion
         self.rows: list[dict[str, Any]] = []
+        self.choice: Choice | None = None
+        self.choices: list[dict[str, Any]] = []
         if self.out is not None:
             from .report import check_output_folder
 
@@ -128,14 +119,19 @@ class VarianceMonitor:
         groups = resolve_groups(self.groups, list(first))
         rows = [{"step": step, **row} for row in measured_rows(stats, groups, self.confidence, self.seed)]
         self.rows.extend(rows)
+        if self.choose is not None:
+            self.choice = choice.choose(rows, self.choose, self.criterion)
+            self.choices.append({"step": step, "chosen": self.choice.chosen, "reason": self.choice.reason()})
         if self.out is not None:
             self.write()
         return rows
 
     def write(self) -> None:
-        """Write ``variance.csv`` and ``variance.png`` into :attr:`out`, each atomically."""
+        """Write ``variance.csv``, ``variance.png`` (and ``choices.csv``) into :attr:`out`, each atomically."""
         from .plots import plot_group_variance
         from .report import write_csv
 
         write_csv(self.rows, self.out / "variance.csv")
+        if self.choices:
+            write_csv(self.choices, self.out / "choices.csv")
         plot_group_variance(self.rows, self.out / "variance.png", x="step")

@@ -21,6 +21,28 @@ GROUPS = ("encoder", "decoder")
 """Parameter groups, by the first component of the param-store name."""
 
 
+Groups = Mapping[str, Sequence[str]]
+"""Parameter groups: group name -> parameter names or name prefixes (``"encoder"`` holds
+``"encoder.fc1.weight"``: a name belongs to a prefix it equals or that it starts with, then a dot)."""
+
+
+def resolve_groups(groups: Groups | None, names: Sequence[str]) -> dict[str, list[str]]:
+    """The parameter names of each group; ``None``: one group per parameter. A group that matches no
+    parameter is an error naming the parameters there are."""
+    if groups is None:
+        return {name: [name] for name in names}
+    resolved = {}
+    for group, prefixes in groups.items():
+        prefixes = [prefixes] if isinstance(prefixes, str) else list(prefixes)
+        members = [n for n in names if any(n == p or n.startswith(p + ".") for p in prefixes)]
+        if not members:
+            raise ValueError(
+                f"parameter group {group!r} ({prefixes}) matches no parameter; the parameters are {list(names)}"
+            )
+        resolved[group] = members
+    return resolved
+
+
 def derived_seed(*keys: int) -> int:
     """A 32-bit seed derived from integer keys (NumPy SeedSequence)."""
     return int(np.random.SeedSequence(list(keys)).generate_state(1)[0])

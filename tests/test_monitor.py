@@ -9,8 +9,7 @@ import csv
 import numpy as np
 import pytest
 
-from ppl_reparam.monitor import resolve_groups
-from ppl_reparam.study import derived_seed
+from ppl_reparam.study import derived_seed, resolve_groups
 
 DATA = np.array([2.54, 0.71, -1.18, 1.57, -0.08, -0.4, 1.4, 1.84, 0.28, 0.6])
 STEPS, EVERY, REPS = 7, 3, 20
@@ -192,3 +191,18 @@ def test_groups_match_whole_name_components():
     assert resolve_groups(None, names[:2]) == {
         "encoder.fc.weight": ["encoder.fc.weight"], "encoder2.bias": ["encoder2.bias"]
     }
+
+
+def test_choosing_at_every_measurement(loop, tmp_path):
+    """With ``choose``, each measurement also picks the ELBO with the lowest per-sample variance of the
+    group: the pathwise one here (score-function variance is far larger on this model), written to
+    choices.csv; a loop can switch to ``monitor.elbos[monitor.choice.chosen]``."""
+    monitor = loop.monitor(every=EVERY, num_reps=REPS, groups={"guide": ["q"]}, choose="guide", out=tmp_path)
+    loop.run(monitor)
+    assert [c["step"] for c in monitor.choices] == list(range(0, STEPS, EVERY))
+    assert {c["chosen"] for c in monitor.choices} == {"pathwise"}
+    assert monitor.choice.chosen == "pathwise" and monitor.choice.ranking[1]["spec"] == "score"
+    with open(tmp_path / "choices.csv") as f:
+        assert [r["chosen"] for r in csv.DictReader(f)] == ["pathwise"] * len(monitor.choices)
+    with pytest.raises(ValueError, match="unknown criterion 'time'"):
+        loop.monitor(choose="guide", criterion="time")
