@@ -222,15 +222,21 @@ def per_particle(x: Array, dim: int | None, ops: ArrayOps) -> Array:
 def totals(terms: Iterable[Term], dim: int | None, ops: ArrayOps) -> tuple[Array, Array]:
     """Per-particle loss (without gradient) and surrogate without the score terms,
     :math:`\\sum_t \\ell_t` and :math:`\\sum_t g_t`."""
+    terms = list(terms)
+    # where every term's surrogate part is the term itself (pathwise sites, Monte Carlo KL), the loss is
+    # the surrogate's value: one sum instead of two
+    separate = any(t.grad is not t.value or isinstance(t.grad, float) for t in terms)
     loss = surrogate = 0.0
     for term in terms:
         value = term.total if dim is None and term.total is not None else per_particle(term.value, dim, ops)
-        loss = loss + value if term.sign > 0 else loss - value
-        if term.grad is not term.value and not isinstance(term.grad, float):
-            value = per_particle(term.grad, dim, ops)
-        if not isinstance(term.grad, float):
-            surrogate = surrogate + value if term.sign > 0 else surrogate - value
-    return ops.stop_gradient(loss), surrogate
+        if separate:
+            loss = loss + value if term.sign > 0 else loss - value
+            if isinstance(term.grad, float):
+                continue
+            if term.grad is not term.value:
+                value = per_particle(term.grad, dim, ops)
+        surrogate = surrogate + value if term.sign > 0 else surrogate - value
+    return ops.stop_gradient(loss if separate else surrogate), surrogate
 
 
 def sum_to(items: Iterable[tuple[frozenset, Array]], target: frozenset, ops: ArrayOps) -> Array:

@@ -330,14 +330,13 @@ class EstimatorELBO(ELBO):
         return terms, deps, score_sites
 
     def _particle_losses(self, model_trace: Trace, guide_trace: Trace, args: tuple, kwargs: dict) -> _Particles:
-        """Per-particle loss (-ELBO) and surrogate loss, each of shape (particles in the trace,),
-        with the loss terms and the score-function costs a baseline learns from."""
+        """The loss (-ELBO) and surrogate loss summed per particle (0-d without a particle plate; see
+        :meth:`_per_particle`), with the loss terms and the score-function costs a baseline learns from;
+        the callers check the loss is finite (:func:`_raise_non_finite`), where they read it anyway."""
         dim = self._particle_dim()
         terms, deps, score_sites = self._terms(model_trace, guide_trace)
         loss, surrogate = sg.totals(terms, dim, OPS)
         loss = torch.as_tensor(loss)
-        if not torch.isfinite(loss.sum()):
-            _raise_non_finite(terms, guide_trace, model_trace)
         learned = []
         for site, cost in zip(score_sites, sg.site_costs(terms, deps, score_sites, OPS).values()):
             b = None
@@ -347,13 +346,25 @@ class EstimatorELBO(ELBO):
                 b = self.baseline.value(site.name, unscaled, ctx)
                 learned.append((site.name, unscaled, ctx))
             surrogate = surrogate + sg.per_particle(sg.score_term(site, cost, b, OPS), dim, OPS)
-        n = self.num_particles if dim is not None else 1
-        loss, surrogate = loss.reshape(-1), torch.as_tensor(surrogate).reshape(-1)
+        return _Particles(loss, torch.as_tensor(surrogate), terms, learned)
+
+    def _sums(self, model_trace: Trace, guide_trace: Trace, args: tuple, kwargs: dict) -> _Particles:
+        """:meth:`_particle_losses` with the loss and surrogate summed over the trace's particles (0-d)."""
+        loss, surrogate, terms, costs = self._particle_losses(model_trace, guide_trace, args, kwargs)
+        if loss.dim():  # a particle plate: sum its particles (one particle's 0-d sums are kept as they are)
+            loss, surrogate = (x.sum() for x in self._per_particle(loss, surrogate))
+        return _Particles(loss, surrogate, terms, costs)
+
+    def _per_particle(self, loss: torch.Tensor, surrogate: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The sums of :meth:`_particle_losses` (0-d without a particle plate; along it, where a term
+        that does not vary across particles may leave a size-1 dim) as vectors of the trace's particles."""
+        n = self.num_particles if self._particle_dim() is not None else 1
+        loss, surrogate = loss.reshape(-1), surrogate.reshape(-1)
         if loss.shape[0] != n:  # terms that do not vary across particles
             loss = loss.expand(n)
         if surrogate.shape[0] != n:
             surrogate = surrogate.expand(n)
-        return _Particles(loss, surrogate, terms, learned)
+        return loss, surrogate
 
     def particle_losses(
         self, model: Callable, guide: Callable, *args: Any, **kwargs: Any
@@ -363,9 +374,12 @@ class EstimatorELBO(ELBO):
         The gradient of ``surrogate[i]`` is particle ``i``'s single-sample gradient estimate; the
         ELBO's estimate is their mean. :func:`~ppl_reparam.pyro.gradient_variance` builds on this.
         """
-        pairs = [
-            self._particle_losses(*traces, args, kwargs)[:2] for traces in self._get_traces(model, guide, args, kwargs)
-        ]
+        pairs = []
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+            loss, surrogate, terms, _ = self._particle_losses(model_trace, guide_trace, args, kwargs)
+            if not torch.isfinite(loss.sum()):
+                _raise_non_finite(terms, guide_trace, model_trace)
+            pairs.append(self._per_particle(loss, surrogate))
         if len(pairs) == 1:
             return pairs[0]
         losses, surrogates = zip(*pairs)
@@ -393,11 +407,14 @@ class EstimatorELBO(ELBO):
         """
         total = 0.0
         for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
-            loss, surrogate, terms, costs = self._particle_losses(model_trace, guide_trace, args, kwargs)
-            total += loss.sum().item() / self.num_particles
+            loss, surrogate, terms, costs = self._sums(model_trace, guide_trace, args, kwargs)
+            value = loss.item()
+            if not math.isfinite(value):
+                _raise_non_finite(terms, guide_trace, model_trace)
+            total += value / self.num_particles
             params = param_leaves(model_trace, guide_trace)
             if params and surrogate.requires_grad:
-                (surrogate.sum() / self.num_particles).backward(retain_graph=True)
+                (surrogate / self.num_particles if self.num_particles > 1 else surrogate).backward(retain_graph=True)
                 _check_gradients(params, terms)
             for site, cost, ctx in costs:
                 self.baseline.update(site, cost, ctx)
@@ -417,7 +434,10 @@ def param_leaves(*traces: Trace) -> list[torch.Tensor]:
 def _check_gradients(params: list[torch.Tensor], terms: list[sg.Term]) -> None:
     """Raise a ValueError naming the first site whose loss term gives a non-finite gradient."""
     grads = [p.grad for p in params if p.grad is not None]
-    if not grads or torch.isfinite(torch.nn.utils.get_total_norm(grads)):  # one fused check
+    # a cheap screen (one value, one sync): a NaN or infinity anywhere makes the sum of sums non-finite
+    if not grads or torch.isfinite(torch.stack([g.sum() for g in grads]).sum()):
+        return
+    if all(torch.isfinite(g).all() for g in grads):  # only the screen's sum overflowed
         return
     for term in terms:
         if not isinstance(term.value, torch.Tensor) or not term.value.requires_grad:
@@ -496,8 +516,13 @@ class _Compiled:
             def losses(*args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
                 kwargs.pop("_pyro_model_id")
                 kwargs.pop("_pyro_guide_id")
-                loss, surrogate = EstimatorELBO.particle_losses(weakself(), model, guide, *args, **kwargs)
-                return loss.mean(), surrogate.mean()
+                elbo = weakself()
+                sums = [elbo._sums(*traces, args, kwargs) for traces in elbo._get_traces(model, guide, args, kwargs)]
+                loss = sum((s.loss for s in sums[1:]), sums[0].loss)
+                surrogate = sum((s.surrogate for s in sums[1:]), sums[0].surrogate)
+                if elbo.num_particles > 1:  # the mean over the particles (a non-finite loss is named eagerly)
+                    loss, surrogate = loss / elbo.num_particles, surrogate / elbo.num_particles
+                return loss, surrogate
 
             self._compiled = losses
         return self._compiled(*args, **kwargs)

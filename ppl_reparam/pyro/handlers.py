@@ -249,7 +249,9 @@ class ForceEstimatorMessenger(Messenger):
         if estimator is None and self.noise is not None:
             estimator = "pathwise"  # the site's own rsample, drawn from the coupled noise
         if estimator is not None:
-            msg["fn"] = apply_estimator(msg["name"], msg["fn"], estimator, self.track, self.noise)
+            if not (estimator == "pathwise" and self.noise is None and msg["fn"].has_rsample):
+                # (a site that already draws with rsample is pathwise as it is: no wrapper to pay for)
+                msg["fn"] = apply_estimator(msg["name"], msg["fn"], estimator, self.track, self.noise)
             # Record the choice as the site's own request, so that an enclosing handler (an ELBO's
             # blanket estimator) respects it; only sites named there override it.
             msg["infer"] = {**msg["infer"], "estimator": estimator}
