@@ -69,6 +69,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from .measure_valued import measure_valued_jacobians
 from .report import markdown_table
 from .stats import MIN_REPS, ParamStats
 
@@ -177,22 +178,28 @@ class Family:
     objective without bias; None: the score function of the family itself."""
     straight_through_mean: Callable[[np.ndarray], np.ndarray] | None = None
     """Straight-through rows: the exact mean of the (biased) straight-through estimate."""
+    measure: tuple[str, Callable[[np.ndarray], np.ndarray], tuple[str | None, ...]] | None = None
+    """The measure-valued estimator (:mod:`ppl_reparam.measure_valued`, NumPy, the same in every backend):
+    its family name, ``f`` on an array of samples, and each parameter's name there (None: no weak
+    derivative for it); None where it has no such family."""
 
 
 FAMILIES: tuple[Family, ...] = (
     Family("Normal", ("mu", "sigma"), (2.0, 1.0), "x^2", lambda p: np.array([2 * p[0], 2 * p[1]]),
-           "explicit: mu + sigma eps; exact variances: pathwise 4, 24; score 87, 346"),
+           "explicit: mu + sigma eps; exact variances: pathwise 4, 24; score 87, 346; measure (mu) 4.372",
+           measure=("Normal", np.square, ("loc", "scale"))),
     Family("LogNormal", ("mu", "s"), (0.0, 0.5), "x", lambda p: np.exp(p[0] + p[1] ** 2 / 2) * np.array([1.0, p[1]]),
-           "explicit: exp(mu + s eps)"),
-    Family("Exponential", ("rate",), (2.0,), "x", lambda p: np.array([-1 / p[0] ** 2]), "explicit: eps / rate"),
+           "explicit: exp(mu + s eps)", measure=("LogNormal", np.asarray, ("loc", "scale"))),
+    Family("Exponential", ("rate",), (2.0,), "x", lambda p: np.array([-1 / p[0] ** 2]), "explicit: eps / rate",
+           measure=("Exponential", np.asarray, ("rate",))),
     Family("Gamma", ("alpha", "beta"), (0.5, 2.0), "x", lambda p: np.array([1 / p[1], -p[0] / p[1] ** 2]),
-           "implicit reparameterization"),
+           "implicit reparameterization", measure=("Gamma", np.asarray, (None, "rate"))),
     Family("Beta", ("a", "b"), (2.0, 3.0), "x", lambda p: np.array([p[1], -p[0]]) / (p[0] + p[1]) ** 2,
            "implicit reparameterization"),
     Family("Dirichlet", ("alpha[0]", "alpha[1]", "alpha[2]"), (1.0, 2.0, 3.0), "sum_k x_k^2",
            _dirichlet_square_gradient, "implicit reparameterization"),
     Family("Poisson", ("rate",), (3.0,), "x", lambda p: np.array([1.0]), "no rsample: score function only",
-           pathwise=False),
+           pathwise=False, measure=("Poisson", np.asarray, ("rate",))),
     Family("RelaxedBernoulli", ("temperature", "logits"), (TEMPERATURE, 0.3), "(x - 0.45)^2",
            lambda p: relaxed_bernoulli_gradient(rebar_cost, p[0], p[1]), "relaxation; exact by quadrature"),
     Family("RelaxedOneHotCategorical", ("logits[0]", "logits[1]"), (-0.1, 0.2), "(x_1 - 0.45)^2",
@@ -249,6 +256,8 @@ class Measurement:
     score: ParamStats | None
     num_samples: int
     note: str
+    measure: dict[int, ParamStats] | None = None
+    """The measure-valued estimator's statistics of each parameter (by index) that has one."""
     """The rows' notes: the backend's or else the family's note (with the straight-through rows'
     score distribution), or why the backend lacks the family."""
 
@@ -272,7 +281,19 @@ def measure(family: Family, backend: Backend, num_samples: int, seed: int) -> Me
     if family.score_distribution is not None:
         note += f"; score: {family.score_distribution}"
     return Measurement(family, backend.name, exact, pathwise, ParamStats.from_samples(jac, num_particles=1),
-                       num_samples, note)
+                       num_samples, note, _measure_valued(family, num_samples, seed))
+
+
+def _measure_valued(family: Family, num_samples: int, seed: int) -> dict[int, ParamStats] | None:
+    """The measure-valued estimator's per-sample gradients of each parameter that has a weak derivative
+    (coupled; its own stream, derived from ``(seed, 2)``), as statistics by parameter index."""
+    if family.measure is None:
+        return None
+    name, f, names = family.measure
+    index = [j for j, n in enumerate(names) if n is not None]
+    jac = measure_valued_jacobians(f, name, family.params, num_samples, seed=int(
+        np.random.SeedSequence([seed, 2]).generate_state(1)[0]), wrt=[names[j] for j in index])
+    return {j: ParamStats.from_samples(jac[:, k : k + 1], num_particles=1) for k, j in enumerate(index)}
 
 
 def _ratio(a: float, b: float) -> float:
@@ -320,6 +341,8 @@ def rows_of(m: Measurement) -> list[dict[str, Any]]:
             "score_available": m.score is not None,
             **_estimator_columns("pathwise", m.pathwise, exact, j),
             **_estimator_columns("score", m.score, exact, j),
+            "measure_available": m.score is not None and j in (m.measure or {}),
+            **_estimator_columns("measure", (m.measure or {}).get(j) if m.score is not None else None, exact, 0),
         }
         row["variance_ratio"] = _ratio(row["score_per_sample_variance"], row["pathwise_per_sample_variance"])
         rows.append({**row, "num_samples": m.num_samples, "notes": note})
@@ -333,7 +356,9 @@ def family_table(
     and backend, the backends' rows of a parameter side by side (columns: backend, family, parameter,
     value, f, exact_gradient, pathwise_available, score_available, then for ``pathwise`` and
     ``score``: mean, se, bias (mean - exact), z (bias / se), per_sample_variance and its Bonett 95%
-    interval, NaN where the estimator does not apply or the backend lacks the family; then
+    interval, NaN where the estimator does not apply or the backend lacks the family; the same for
+    ``measure`` (the measure-valued estimator, two evaluations of f per sample, after
+    measure_available); then
     variance_ratio (score over pathwise per-sample variance), num_samples and notes)."""
     rows = []
     for family in FAMILIES:
@@ -379,6 +404,8 @@ def summary_table(rows: Sequence[dict[str, Any]]) -> str:
                 "score mean": _mean(r, "score"),
                 "pathwise var [95% CI]": _variance(r, "pathwise"),
                 "score var [95% CI]": _variance(r, "score"),
+                "measure mean": _mean(r, "measure"),
+                "measure var [95% CI]": _variance(r, "measure"),
                 "score / pathwise": "—" if not r["pathwise_available"] else f"{r['variance_ratio']:.3g}",
                 "notes": r["notes"],
             }
