@@ -29,6 +29,13 @@ from .study import measured_rows, resolve_groups
 CRITERIA = ("per_sample_variance", "variance_x_seconds")
 
 
+def check_criterion(criterion: str) -> str:
+    """``criterion`` if it is one of :data:`CRITERIA`, else a ValueError listing them (before any work)."""
+    if criterion not in CRITERIA:
+        raise ValueError(f"unknown criterion {criterion!r}; choose from {', '.join(CRITERIA)}")
+    return criterion
+
+
 @dataclass(frozen=True)
 class Choice:
     """The chosen spec, the group and criterion it was chosen on, and the candidates ranked (rows with
@@ -65,8 +72,7 @@ def choose(rows: Sequence[dict[str, Any]], group: str, criterion: str = CRITERIA
     """The candidate with the lowest ``criterion`` on ``group``, from the rows of
     :func:`ppl_reparam.study.group_rows` with a ``measured`` column (one per spec and group);
     ``objectives`` maps a spec to the objective its gradient estimates (shown in the ranking)."""
-    if criterion not in CRITERIA:
-        raise ValueError(f"unknown criterion {criterion!r}; choose from {', '.join(CRITERIA)}")
+    check_criterion(criterion)
     mine = [r for r in rows if r["group"] == group]
     if not mine:
         groups = sorted({r["group"] for r in rows})
@@ -130,8 +136,7 @@ def measure_and_choose(
 ) -> Choice:
     """A backend's ``choose_estimator``: its ``compare_estimators`` of the candidates' ELBOs (its
     ``make_elbo``), then :func:`choose_from_stats`."""
-    if criterion not in CRITERIA:
-        raise ValueError(f"unknown criterion {criterion!r}; choose from {', '.join(CRITERIA)}")
+    check_criterion(criterion)
     elbos = {str(parse_run_spec(c)): make_elbo(c) for c in candidates}
     if not elbos:
         raise ValueError("candidates is empty: give the estimator specs to choose from")

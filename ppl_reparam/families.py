@@ -244,9 +244,9 @@ class Backend:
 
 @dataclass(frozen=True)
 class Measurement:
-    """Both estimators on one family through one backend: exact gradient, and per-sample statistics
+    """The estimators on one family through one backend: exact gradient, and per-sample statistics
     (``num_particles`` 1, so ``variance`` is the per-sample variance); ``pathwise`` is None without a
-    reparameterized sampler, and both are None where the backend lacks the family (``note`` says
+    reparameterized sampler, and all are None where the backend lacks the family (``note`` says
     why)."""
 
     family: Family
@@ -256,10 +256,11 @@ class Measurement:
     score: ParamStats | None
     num_samples: int
     note: str
-    measure: dict[int, ParamStats] | None = None
-    """The measure-valued estimator's statistics of each parameter (by index) that has one."""
     """The rows' notes: the backend's or else the family's note (with the straight-through rows'
     score distribution), or why the backend lacks the family."""
+    measure: dict[int, ParamStats] | None = None
+    """The measure-valued estimator's statistics of each parameter (by index) that has one; None where
+    the family has none or the backend lacks the family."""
 
 
 def measure(family: Family, backend: Backend, num_samples: int, seed: int) -> Measurement:
@@ -341,8 +342,8 @@ def rows_of(m: Measurement) -> list[dict[str, Any]]:
             "score_available": m.score is not None,
             **_estimator_columns("pathwise", m.pathwise, exact, j),
             **_estimator_columns("score", m.score, exact, j),
-            "measure_available": m.score is not None and j in (m.measure or {}),
-            **_estimator_columns("measure", (m.measure or {}).get(j) if m.score is not None else None, exact, 0),
+            "measure_available": j in (m.measure or {}),
+            **_estimator_columns("measure", (m.measure or {}).get(j), exact, 0),
         }
         row["variance_ratio"] = _ratio(row["score_per_sample_variance"], row["pathwise_per_sample_variance"])
         rows.append({**row, "num_samples": m.num_samples, "notes": note})

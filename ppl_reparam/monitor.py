@@ -83,9 +83,7 @@ class VarianceMonitor:
         self.out = None if out is None else Path(out)
         self.seed = seed
         self.confidence = confidence
-        if criterion not in CRITERIA:
-            raise ValueError(f"unknown criterion {criterion!r}; choose from {', '.join(CRITERIA)}")
-        self.choose, self.criterion = choose, criterion
+        self.choose, self.criterion = choose, choice.check_criterion(criterion)
         self.rows: list[dict[str, Any]] = []
         self.choice: Choice | None = None
         self.choices: list[dict[str, Any]] = []

@@ -131,3 +131,11 @@ def test_relax_with_a_constant_control_is_the_baselined_score_function(backend):
 def test_bad_temperature(backend):
     with pytest.raises(ValueError, match="temperature must be positive"):
         backend.rebar(backend.f, LOGITS, temperature=0.0)
+
+
+def test_bad_logits_and_sample_counts(backend):
+    with pytest.raises(ValueError, match=r"params must be a 1-D .* of P parameters, got shape \(1, 3\)"):
+        backend.rebar(backend.f, LOGITS[None])
+    with pytest.raises(ValueError, match="num_samples must be positive, got 0"):
+        logits = backend.torch.tensor(LOGITS) if isinstance(backend, Torch) else backend.jnp.asarray(LOGITS)
+        backend.mc.relax_jacobians(backend.f, backend.control, logits, 0, seed=0)

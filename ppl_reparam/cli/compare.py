@@ -59,12 +59,13 @@ from typing import Any, Protocol
 from ..choice import CRITERIA
 from ..report import ResultSet, atomic_write_text, check_output_folder, markdown_table, write_csv, write_json
 from ..stats import MIN_REPS, GradientStats
+from ..study import GROUPS as VAE_GROUPS
 from ..threads import auto_threads, limited_threads
 from ..training import CHECKPOINTS
 from .common import SPEC_HELP, TOY_BYTES_PER_PARTICLE, HelpFormatter, check_memory, number, text
 
 MODELS = ("toy", "vae", "discrete")
-GROUPS = {"toy": ("theta",), "vae": ("encoder", "decoder"), "discrete": ("encoder", "decoder")}
+GROUPS = {"toy": ("theta",), "vae": VAE_GROUPS, "discrete": VAE_GROUPS}
 """Each model's parameter groups, as the tables show them (``--choose``)."""
 BACKENDS = ("pyro", "numpyro")
 DEFAULT_ESTIMATORS = {

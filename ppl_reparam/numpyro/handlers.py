@@ -77,7 +77,7 @@ def _normal_path(fn: Distribution) -> tuple[Normal, list] | None:
     while not isinstance(fn, Normal):
         if isinstance(fn, TransformedDistribution):
             transforms = list(fn.transforms) + transforms
-        elif not isinstance(fn, (Independent, MaskedDistribution, ExpandedDistribution)):
+        elif not isinstance(fn, _WRAPPERS):
             return None
         fn = fn.base_dist
     return fn, transforms

@@ -29,8 +29,8 @@ Function = Callable[[jax.Array], jax.Array]
 DistBuilder = Callable[[jax.Array], Distribution]
 
 
-def _check(dist_builder: DistBuilder, params: jax.Array, num_samples: int) -> tuple[jax.Array, Distribution]:
-    """``params`` as a 1-D float array, and the distribution at it, with shapes checked."""
+def _params(params: jax.Array, num_samples: int) -> jax.Array:
+    """``params`` as a 1-D float array, with it and ``num_samples`` checked."""
     params = jnp.asarray(params)
     if params.ndim != 1:
         raise ValueError(f"params must be a 1-D array of P parameters, got shape {tuple(params.shape)}")
@@ -38,6 +38,12 @@ def _check(dist_builder: DistBuilder, params: jax.Array, num_samples: int) -> tu
         params = params.astype(jnp.result_type(float))
     if num_samples < 1:
         raise ValueError(f"num_samples must be positive, got {num_samples}")
+    return params
+
+
+def _check(dist_builder: DistBuilder, params: jax.Array, num_samples: int) -> tuple[jax.Array, Distribution]:
+    """``params`` as a 1-D float array, and the distribution at it, with shapes checked."""
+    params = _params(params, num_samples)
     d = dist_builder(params)
     if tuple(d.batch_shape) != ():
         raise ValueError(
@@ -166,12 +172,7 @@ def relax_jacobians(
     (:mod:`ppl_reparam.mc_gradients`). ``function`` maps one sample's bits (P,) to a scalar; ``control``
     maps its relaxed logits (P,) to a scalar, differentiably. Unbiased for any ``control``; both must
     be hashable (compiled as static arguments)."""
-    logits = jnp.asarray(logits, dtype=jnp.result_type(float))
-    if logits.ndim != 1:
-        raise ValueError(f"logits must be a 1-D array of P logits, got shape {tuple(logits.shape)}")
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be positive, got {num_samples}")
-    return _relax(function, control, logits, _keys(seed, num_samples))
+    return _relax(function, control, _params(logits, num_samples), _keys(seed, num_samples))
 
 
 class _Rebar:

@@ -70,7 +70,7 @@ def _normal_path(fn: torch.distributions.Distribution) -> tuple[torch.distributi
     while not isinstance(fn, torch.distributions.Normal):
         if isinstance(fn, torch.distributions.TransformedDistribution):
             transforms = list(fn.transforms) + transforms
-        elif not isinstance(fn, (torch.distributions.Independent, MaskedDistribution, ExpandedDistribution)):
+        elif not isinstance(fn, _WRAPPERS):
             return None
         fn = fn.base_dist
     return fn, transforms
