@@ -20,6 +20,7 @@ BACKEND_API = (
     "LearnedBaseline",
     "LeaveOneOutBaseline",
     "MeanField",
+    "MeasureValuedELBO",
     "MovingAverageBaseline",
     "PathwiseELBO",
     "ScoreFunctionELBO",

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-ESTIMATORS = ("score", "pathwise")
+ESTIMATORS = ("score", "pathwise", "measure")
 """The estimator names accepted everywhere."""
 
 
@@ -23,8 +23,8 @@ def check_estimator(estimator: str, where: str = "") -> str:
     if estimator not in ESTIMATORS:
         at = f" at {where}" if where else ""
         raise ValueError(
-            f"unknown estimator {estimator!r}{at}; expected 'score' (score function / REINFORCE) "
-            "or 'pathwise' (reparameterization)"
+            f"unknown estimator {estimator!r}{at}; expected 'score' (score function / REINFORCE), "
+            "'pathwise' (reparameterization) or 'measure' (measure-valued)"
         )
     return estimator
 

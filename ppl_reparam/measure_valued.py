@@ -46,7 +46,8 @@ both with mean :math:`2θ` (:func:`ppl_reparam.analytic.measure_valued_variance`
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -67,33 +68,100 @@ EVALUATIONS_PER_ELEMENT = 2
 """Evaluations of ``f`` per parameter element and sample (the cost beside the variance)."""
 
 
-def _pair(family: str, name: str, params: dict[str, float], rng: np.random.Generator, n: int, coupling: bool):
-    """``(c, x_plus, x_minus)`` for one parameter: the weak derivative's constant and ``n`` draws of each side."""
+class Draws(Protocol):
+    """Standard random draws of one shape from a backend's generator, for :func:`weak_pair`."""
+
+    def exponential(self) -> Any:
+        """Standard exponential draws."""
+
+    def maxwell(self) -> Any:
+        """Double-sided Maxwell draws: :math:`\\sqrt{\\chi^2_3}` with a random sign."""
+
+    def uniform(self) -> Any:
+        """Uniform draws on (0, 1)."""
+
+    def normal(self) -> Any:
+        """Standard normal draws."""
+
+    def gamma(self, concentration: Any) -> Any:
+        """Gamma(``concentration``, 1) draws."""
+
+    def poisson(self, rate: Any) -> Any:
+        """Poisson(``rate``) draws (as floats)."""
+
+    def constant(self, value: float) -> Any:
+        """``value`` everywhere."""
+
+
+def weak_pair(
+    family: str, name: str, params: Mapping[str, Any], draws: Draws, coupling: bool, exp: Callable[[Any], Any]
+) -> tuple[Any, Any, Any]:
+    """``(c, x_plus, x_minus)`` for the parameter ``name`` of ``family`` (the table above): the weak
+    derivative's constant and one draw of each side per element, from ``draws`` (any array library:
+    only arithmetic and ``exp`` are applied to the parameters and draws)."""
     if family in ("Normal", "LogNormal"):
         mu, sigma = params["loc"], params["scale"]
         if name == "loc":
-            w = np.sqrt(2.0) * np.sqrt(rng.standard_exponential(n))
-            w_minus = w if coupling else np.sqrt(2.0) * np.sqrt(rng.standard_exponential(n))
+            w = (2.0 * draws.exponential()) ** 0.5
+            w_minus = w if coupling else (2.0 * draws.exponential()) ** 0.5
             c, plus, minus = 1.0 / (sigma * math.sqrt(2 * math.pi)), mu + sigma * w, mu - sigma * w_minus
         else:
-            m = np.sqrt(rng.chisquare(3, n)) * rng.choice([-1.0, 1.0], n)
-            eps = rng.uniform(size=n) * m if coupling else rng.standard_normal(n)
+            m = draws.maxwell()
+            eps = draws.uniform() * m if coupling else draws.normal()
             c, plus, minus = 1.0 / sigma, mu + sigma * m, mu + sigma * eps
         if family == "LogNormal":
-            plus, minus = np.exp(plus), np.exp(minus)
+            plus, minus = exp(plus), exp(minus)
         return c, plus, minus
     if family in ("Exponential", "Gamma"):
         alpha = params.get("concentration", 1.0)
         rate = params["rate"]
-        plus = rng.gamma(alpha, 1.0, n) / rate
-        extra = rng.standard_exponential(n) / rate
-        minus = plus + extra if coupling else rng.gamma(alpha + 1.0, 1.0, n) / rate
+        plus = draws.gamma(alpha) / rate
+        minus = plus + draws.exponential() / rate if coupling else draws.gamma(alpha + 1.0) / rate
         return alpha / rate, plus, minus
     if family == "Poisson":
-        minus = rng.poisson(params["rate"], n).astype(float)
-        plus = minus + 1.0 if coupling else rng.poisson(params["rate"], n) + 1.0
+        minus = draws.poisson(params["rate"])
+        plus = minus + 1.0 if coupling else draws.poisson(params["rate"]) + 1.0
         return 1.0, plus, minus
-    return 1.0, np.ones(n), np.zeros(n)  # Bernoulli
+    if family == "Bernoulli":
+        return 1.0, draws.constant(1.0), draws.constant(0.0)
+    raise ValueError(f"no weak derivative of {family!r} here; it is implemented for {sorted(FAMILIES)}")
+
+
+def check_parameter(family: str, name: str, where: str = "") -> None:
+    """Raise a ValueError for a parameter without a decomposition here (Gamma's concentration)."""
+    if (family, name) in NO_WEAK_DERIVATIVE:
+        at = f"{where}: " if where else ""
+        raise ValueError(
+            f"{at}{family}'s {name} has no measure-valued gradient here (its derivative is not a scaled "
+            "difference of two distributions we can sample); use the pathwise estimator (implicit "
+            "reparameterization) or the score function for it"
+        )
+
+
+class _NumpyDraws:
+    def __init__(self, rng: np.random.Generator, n: int):
+        self.rng, self.n = rng, n
+
+    def exponential(self) -> np.ndarray:
+        return self.rng.standard_exponential(self.n)
+
+    def maxwell(self) -> np.ndarray:
+        return np.sqrt(self.rng.chisquare(3, self.n)) * self.rng.choice([-1.0, 1.0], self.n)
+
+    def uniform(self) -> np.ndarray:
+        return self.rng.uniform(size=self.n)
+
+    def normal(self) -> np.ndarray:
+        return self.rng.standard_normal(self.n)
+
+    def gamma(self, concentration: float) -> np.ndarray:
+        return self.rng.gamma(concentration, 1.0, self.n)
+
+    def poisson(self, rate: float) -> np.ndarray:
+        return self.rng.poisson(rate, self.n).astype(float)
+
+    def constant(self, value: float) -> np.ndarray:
+        return np.full(self.n, value)
 
 
 def measure_valued_jacobians(
@@ -127,18 +195,13 @@ def measure_valued_jacobians(
     for name in wrt:
         if name not in names:
             raise ValueError(f"{family} has no parameter {name!r}; its parameters are {names}")
-        if (family, name) in NO_WEAK_DERIVATIVE:
-            raise ValueError(
-                f"{family}'s {name} has no measure-valued gradient here (its derivative is not a scaled "
-                "difference of two distributions we can sample); use the pathwise estimator (implicit "
-                "reparameterization) or the score function for it"
-            )
+        check_parameter(family, name)
     if num_samples < 1:
         raise ValueError(f"num_samples must be positive, got {num_samples}")
-    rng = np.random.default_rng(seed)
+    draws = _NumpyDraws(np.random.default_rng(seed), num_samples)
     columns = []
     for name in wrt:
-        c, plus, minus = _pair(family, name, values, rng, num_samples, coupling)
+        c, plus, minus = weak_pair(family, name, values, draws, coupling, np.exp)
         columns.append(c * (_values(function, plus, num_samples) - _values(function, minus, num_samples)))
     return np.stack(columns, axis=1)
 

@@ -3,12 +3,14 @@
 Grammar: ``BASE[+OPTION...][:K]``, e.g. ``score``, ``score+rloo:8``, ``pathwise+stl``,
 ``score+akl``, ``score+b=7``, ``iwae-dreg:5``.
 
-- ``BASE``: ``score`` (score function), ``pathwise`` (reparameterization), ``iwae`` (importance-weighted
-  bound, pathwise gradient), ``iwae-vimco`` (VIMCO), ``iwae-dreg`` (doubly reparameterized).
+- ``BASE``: ``score`` (score function), ``pathwise`` (reparameterization), ``measure`` (measure-valued,
+  :mod:`ppl_reparam.measure_valued`), ``iwae`` (importance-weighted bound, pathwise gradient),
+  ``iwae-vimco`` (VIMCO), ``iwae-dreg`` (doubly reparameterized).
 - ``OPTION``: ``akl`` (closed-form KL / entropy, estimator B), ``stl`` (sticking the landing,
   pathwise), ``anti`` / ``qmc`` (antithetic pairs / randomized quasi-Monte Carlo draws, pathwise, K >= 2:
   :mod:`ppl_reparam.noise`), ``rloo`` / ``ma`` / ``learned`` (leave-one-out, moving-average, learned
-  baseline, score function), ``b=VALUE`` (constant baseline).
+  baseline, score function), ``b=VALUE`` (constant baseline), ``indep`` (independent sides instead of
+  common random numbers, measure-valued).
 - ``K``: particles (samples) per estimate; default 1, or 5 for the IWAE bases.
 
 The discrete VAE also takes ``relaxed+t=T[:K]`` (:class:`RelaxedSpec`, :func:`parse_run_spec`): the
@@ -22,11 +24,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-BASES = ("score", "pathwise", "iwae", "iwae-vimco", "iwae-dreg")
+BASES = ("score", "pathwise", "measure", "iwae", "iwae-vimco", "iwae-dreg")
 IWAE_ESTIMATOR = {"iwae": "pathwise", "iwae-vimco": "score", "iwae-dreg": "dreg"}
 BASELINE_OPTIONS = {"rloo": "rloo", "ma": "moving_average", "learned": "learned"}
 NOISE_OPTIONS = {"anti": "antithetic", "qmc": "qmc"}
-OPTIONS = {"akl", "stl", *NOISE_OPTIONS, *BASELINE_OPTIONS}
+OPTIONS = {"akl", "stl", "indep", *NOISE_OPTIONS, *BASELINE_OPTIONS}
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class EstimatorSpec:
     stl: bool = False
     baseline: str | float | None = None
     noise: str | None = None
+    coupling: bool = True
 
     @property
     def is_iwae(self) -> bool:
@@ -51,7 +54,8 @@ class EstimatorSpec:
         return 2 if self.is_iwae or self.baseline == "rloo" or self.noise else 1
 
     def __str__(self) -> str:
-        options = [name for name, on in (("akl", self.analytic_kl), ("stl", self.stl)) if on]
+        flags = (("akl", self.analytic_kl), ("stl", self.stl), ("indep", not self.coupling))
+        options = [name for name, on in flags if on]
         if self.noise:
             options.append({v: k for k, v in NOISE_OPTIONS.items()}[self.noise])
         if isinstance(self.baseline, float):
@@ -91,6 +95,8 @@ def parse_spec(text: str) -> EstimatorSpec:
             fields["analytic_kl"] = True
         elif option == "stl":
             fields["stl"] = True
+        elif option == "indep":
+            fields["coupling"] = False
         elif option in NOISE_OPTIONS:
             if "noise" in fields:
                 raise ValueError(f"estimator spec {text!r}: anti and qmc both couple the particles; choose one")
@@ -103,6 +109,8 @@ def parse_spec(text: str) -> EstimatorSpec:
         raise ValueError(f"estimator spec {text!r}: the IWAE bases take no options, only :K")
     if spec.baseline is not None and base != "score":
         raise ValueError(f"estimator spec {text!r}: baselines apply to the score function only")
+    if not spec.coupling and base != "measure":
+        raise ValueError(f"estimator spec {text!r}: indep applies to the measure-valued estimator only")
     if spec.stl and base != "pathwise":
         raise ValueError(f"estimator spec {text!r}: stl applies to the pathwise estimator only")
     if spec.noise and base != "pathwise":
@@ -153,6 +161,7 @@ class RelaxedSpec:
     analytic_kl = False
     stl = False
     baseline = None
+    coupling = True
 
     def __str__(self) -> str:
         return f"relaxed+t={self.temperature:g}" + (f":{self.particles}" if self.particles != 1 else "")
@@ -194,7 +203,7 @@ def parse_run_spec(text: str) -> RunSpec:
 
 
 def objective_of(spec: RunSpec) -> str:
-    """The objective a spec's gradient estimates: ``elbo`` (score, pathwise, any baseline, akl, stl),
+    """The objective a spec's gradient estimates: ``elbo`` (score, pathwise, measure, any baseline, akl, stl),
     ``iwae:K`` or ``relaxed:T``. Two specs estimate the same gradient iff their objectives match."""
     if isinstance(spec, RelaxedSpec):
         return f"relaxed:{spec.temperature:g}"
@@ -208,6 +217,7 @@ class ElboClasses:
     score: Callable[..., Any]
     pathwise: Callable[..., Any]
     iwae: Callable[..., Any]
+    measure: Callable[..., Any]
 
 
 def build_elbo(
@@ -225,7 +235,8 @@ def build_elbo(
     spec = parse_spec(spec) if isinstance(spec, str) else spec
     if spec.is_iwae:
         return classes.iwae(spec.particles, IWAE_ESTIMATOR[spec.base], **(iwae_options or {}))
-    cls = classes.score if spec.base == "score" else classes.pathwise
+    cls = {"score": classes.score, "pathwise": classes.pathwise, "measure": classes.measure}[spec.base]
+    coupling = {} if spec.coupling else {"coupling": False}
     return cls(
         num_particles=spec.particles,
         analytic_kl=spec.analytic_kl,
@@ -233,6 +244,7 @@ def build_elbo(
         stl=spec.stl,
         antithetic=spec.noise == "antithetic",
         qmc=spec.noise == "qmc",
+        **coupling,
         **(elbo_options or {}),
     )
 

@@ -3,14 +3,15 @@
 import pytest
 
 from ppl_reparam.pyro.baselines import ConstantBaseline, LeaveOneOutBaseline
-from ppl_reparam.pyro.elbo import PathwiseELBO, ScoreFunctionELBO
+from ppl_reparam.pyro.elbo import MeasureValuedELBO, PathwiseELBO, ScoreFunctionELBO
 from ppl_reparam.pyro.iwae import IWAE
 from ppl_reparam.pyro.specs import make_elbo
 from ppl_reparam.specs import EstimatorSpec, parse_spec, parse_specs
 
 
 @pytest.mark.parametrize("text", ["score", "pathwise", "score+akl", "score+rloo:8", "score+akl+b=7",
-                                  "pathwise+stl:4", "iwae", "iwae-dreg:3", "iwae-vimco", "score+ma", "score+learned"])
+                                  "pathwise+stl:4", "iwae", "iwae-dreg:3", "iwae-vimco", "score+ma", "score+learned",
+                                  "measure", "measure+akl+indep:4"])
 def test_round_trip(text):
     assert str(parse_spec(text)) == text
 
@@ -31,6 +32,9 @@ def test_fields():
         ("score+b=seven", "is not a number"),
         ("pathwise+rloo", "baselines apply to the score function only"),
         ("score+stl", "stl applies to the pathwise estimator only"),
+        ("score+indep", "indep applies to the measure-valued estimator only"),
+        ("measure+rloo:4", "baselines apply to the score function only"),
+        ("measure+anti:2", "anti and qmc apply to the pathwise estimator only"),
         ("iwae+akl", "take no options"),
         ("", "no estimator spec"),
     ],
@@ -50,3 +54,6 @@ def test_make_elbo():
     assert isinstance(iwae, IWAE) and iwae.estimator == "score" and iwae.num_particles == 3
     with pytest.raises(ValueError, match="num_particles >= 2"):
         make_elbo("score+rloo")
+    measure = make_elbo("measure+akl+indep:3")
+    assert isinstance(measure, MeasureValuedELBO) and measure.analytic_kl and not measure.coupling
+    assert measure.num_particles == 3 and "coupling=False" in repr(measure)

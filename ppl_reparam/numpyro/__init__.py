@@ -7,7 +7,7 @@ JAX and NumPyro only (never torch or Pyro).
 from .. import BACKEND_API
 from ..forcing import ESTIMATORS
 from .baselines import ConstantBaseline, LearnedBaseline, LeaveOneOutBaseline, MovingAverageBaseline
-from .elbo import PathwiseELBO, ScoreFunctionELBO
+from .elbo import MeasureValuedELBO, PathwiseELBO, ScoreFunctionELBO
 from .guides import MeanField
 from .handlers import EstimatorDistribution, force_estimator
 from .iwae import IWAE

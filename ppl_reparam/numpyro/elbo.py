@@ -48,6 +48,7 @@ first particle); ``loss`` never updates anything.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -71,6 +72,7 @@ from numpyro.util import check_model_guide_match
 from .. import surrogate as sg
 from ..forcing import check_estimator, check_named_sites, checking_sites
 from ..noise import check_noise
+from . import measure_valued as mv
 from .baselines import STATE_PREFIX, Baseline, Context, make_baseline, subsampled_frames
 from .handlers import (
     EstimatorDistribution,
@@ -79,6 +81,7 @@ from .handlers import (
     describe,
     is_guide_latent,
     leaf_distribution,
+    leaf_path,
 )
 
 
@@ -106,8 +109,14 @@ def sample_sites(tr: dict) -> list[dict]:
 
 
 def _is_score_site(site: dict) -> bool:
-    """A guide latent drawn without a reparameterized sampler: its gradient needs the score term."""
+    """A guide latent drawn without a reparameterized sampler: its gradient needs the score term
+    (measure-valued ones too, in :func:`_is_measure_site`'s stead)."""
     return is_guide_latent(site) and not site["fn"].has_rsample
+
+
+def _is_measure_site(site: dict) -> bool:
+    """A guide latent forced to the measure-valued estimator."""
+    return site["type"] == "sample" and getattr(site["fn"], "measure", False)
 
 
 def log_density(site: dict) -> jax.Array:
@@ -226,13 +235,20 @@ class EstimatorELBO(ELBO):
         stl: bool = False,
         antithetic: bool = False,
         qmc: bool = False,
+        coupling: bool = True,
     ):
         check_estimator(self.estimator)
         self.baseline = make_baseline(baseline)
+        if self.estimator == "measure" and self.baseline is not None:
+            raise ValueError(
+                f"{type(self).__name__}: baselines apply to the score function; the measure-valued estimator "
+                "takes a difference of two runs, which a baseline would not change"
+            )
         self.sites = sg.check_options(num_particles, sites, self.baseline, stl, analytic_kl, vectorized=None)
         self.noise = check_noise(antithetic, qmc, num_particles, None, self.baseline)
         self.analytic_kl = bool(analytic_kl)
         self.stl = bool(stl)
+        self.coupling = bool(coupling)
         super().__init__(num_particles=int(num_particles), vectorize_particles=vectorize_particles)
 
     def __repr__(self) -> str:
@@ -240,12 +256,13 @@ class EstimatorELBO(ELBO):
             f"{type(self).__name__}(num_particles={self.num_particles}, "
             f"vectorize_particles={self.vectorize_particles!r}, analytic_kl={self.analytic_kl}, "
             f"sites={self.sites!r}, baseline={self.baseline!r}, stl={self.stl}"
-            + (f", {self.noise}=True)" if self.noise else ")")
+            + (f", {self.noise}=True" if self.noise else "")
+            + (", coupling=False)" if not self.coupling else ")")
         )
 
     def _config(self) -> tuple:
         return (type(self), self.num_particles, self.vectorize_particles, self.analytic_kl, self.sites,
-                self.baseline, self.stl, self.noise)
+                self.baseline, self.stl, self.noise, self.coupling)
 
     # Equal options make equal ELBOs: the ELBO is a static argument of the jitted functions
     # (gradient_variance, SVI's update), so a fresh ELBO with the same options reuses their compiled code.
@@ -318,7 +335,7 @@ class EstimatorELBO(ELBO):
                 1.0 if s.node["scale"] is None else s.node["scale"],
             )
             for s in guide
-            if s.score
+            if s.score and not _is_measure_site(s.node)
         ]
         return terms, score_sites
 
@@ -339,7 +356,7 @@ class EstimatorELBO(ELBO):
         Each score-function sample is replaced by ``0 * sample + input``, so that it depends on its
         own input and on what its distribution's parameters depend on, as in NumPyro's
         ``TraceGraph_ELBO``."""
-        names = [s.name for s in score_sites]
+        names = [s.name for s in score_sites] + [s["name"] for s in sample_sites(guide_trace) if _is_measure_site(s)]
         if self.analytic_kl:  # every latent, so that check_closed_forms sees every dependency
             names = [site["name"] for site in sample_sites(guide_trace) if is_guide_latent(site)]
         values = {name: guide_trace[name]["value"] for name in names}
@@ -382,7 +399,8 @@ class EstimatorELBO(ELBO):
         out = {"loss": jnp.sum(loss), "sums": jnp.stack(sums) if sums else jnp.zeros(0)}
         info["labels"] = [(t.site, describe((guide_trace.get(t.site) or model_trace[t.site])["fn"])) for t in terms]
         deps = []
-        if score_sites or self.analytic_kl:
+        measured = [site for site in sample_sites(guide_trace) if _is_measure_site(site)]
+        if score_sites or measured or self.analytic_kl:
             args_ = (keys, param_map, model, guide, args, kwargs, score_sites, guide_trace, info.get("plates"))
             deps = self._dependencies(*args_)
             sg.check_closed_forms(terms, deps)
@@ -392,6 +410,9 @@ class EstimatorELBO(ELBO):
                 surrogate = surrogate + jnp.sum(sg.score_term(site, costs[site.name], None, OPS))
         else:
             out["score"] = self._score_parts(score_sites, costs, guide_trace, info)
+        for site in measured:
+            traced = (model_trace, guide_trace, keys, param_map, model, guide, args, kwargs, info.get("plates"))
+            surrogate = surrogate + jnp.sum(self._measure_term(site, terms, deps, *traced))
         out["surrogate"] = jnp.sum(surrogate)
         out["mutable"] = {
             name: site["value"]
@@ -400,6 +421,62 @@ class EstimatorELBO(ELBO):
             if site["type"] == "mutable"
         }
         return out
+
+    # ------------------------------------------------------------------------- measure-valued
+    def _measure_term(
+        self, site: dict, terms: list[sg.Term], deps: list[frozenset], model_trace: dict, guide_trace: dict,
+        keys: tuple, param_map: dict, model: Callable, guide: Callable, args: tuple, kwargs: dict,
+        plates: dict | None,
+    ) -> jax.Array:
+        """The surrogate of a measure-valued site (:mod:`ppl_reparam.numpyro.measure_valued`): its cost is
+        the terms that depend on its sample, re-evaluated by rerunning guide and model."""
+        name, fn = site["name"], site["fn"]
+        frames = frozenset(site["cond_indep_stack"])
+        batch_shape = fn.batch_shape
+        plate_set = frozenset(f.dim for f in frames if -f.dim <= len(batch_shape) and batch_shape[f.dim] > 1)
+        downstream = [t for t, d in zip(terms, deps) if name in d]
+        for t in downstream:
+            outside = sorted(f.name for f in frames if f.dim in plate_set and f not in t.frames)
+            if outside:
+                raise ValueError(
+                    f"site {name!r}: the measure-valued estimator perturbs the elements of the plates {outside} "
+                    f"together, but the term of site {t.site!r}, which depends on this site's sample, lies "
+                    "outside them (it would see every element move at once); use 'score' for this site"
+                )
+        keys_of = {(t.site, t.sign, t.closed_form) for t in downstream}
+        event_dim = len(fn.event_shape)
+        cost_shape = tuple(n if i - len(batch_shape) in plate_set else 1 for i, n in enumerate(batch_shape))
+        cost_shape += (1,) * event_dim
+        data = {}
+        for n, s in guide_trace.items():
+            if s["type"] == "sample":
+                data[n] = stop_gradient(s["value"])
+            if n == name:
+                break
+        subsamples = {
+            n: s["value"] for tr in (guide_trace, model_trace) for n, s in tr.items() if s["type"] == "plate"
+        }
+        subsamples.update(plates or {})
+        draw_key, guide_key, model_key = random.split(random.fold_in(keys[0], zlib.crc32(name.encode())), 3)
+
+        def cost(value: jax.Array) -> jax.Array:
+            values = {**data, name: value}
+
+            def replace(msg: dict) -> jax.Array | None:
+                return values.get(msg["name"]) if msg["type"] == "sample" else None
+
+            rerun = self._traces(
+                (guide_key, model_key), param_map, model, guide, args, kwargs, plates=subsamples, substitute_fn=replace
+            )
+            items = [(t.frames, t.signed) for t in self._terms(*rerun)[0] if (t.site, t.sign, t.closed_form) in keys_of]
+            total = jnp.asarray(sg.sum_to(items, frames, OPS))
+            total = jnp.reshape(total, jnp.shape(total) + (1,) * event_dim)
+            return stop_gradient(sg.reduce_to(total, cost_shape, OPS))
+
+        leaf, transforms = leaf_path(fn)
+        plate_dims = frozenset(d - event_dim for d in plate_set)
+        value = stop_gradient(site["value"])
+        return mv.site_term(name, leaf, transforms, value, event_dim, plate_dims, cost, self.coupling, draw_key)
 
     def _score_parts(self, score_sites: list[sg.ScoreSite], costs: dict, guide_trace: dict, info: dict) -> dict:
         """For each score-function site: its log q, its unscaled cost and its scale, each of log q's
@@ -434,6 +511,16 @@ class EstimatorELBO(ELBO):
     ) -> tuple[jax.Array, jax.Array, dict]:
         """Per-particle losses and surrogates, and the mutable state (updated by the baseline when
         ``update``, i.e. in a training step)."""
+        allowed = mv.ALLOWED.set(True)
+        try:
+            return self._run_allowed(rng_key, param_map, model, guide, args, kwargs, update)
+        finally:
+            mv.ALLOWED.reset(allowed)
+
+    def _run_allowed(
+        self, rng_key: jax.Array, param_map: dict, model: Callable, guide: Callable, args: tuple, kwargs: dict,
+        update: bool,
+    ) -> tuple[jax.Array, jax.Array, dict]:
         # ``info`` is a side channel out of ``vmap``: the particle function fills it with static facts
         # (each term's site and distribution, each score site's name and reduced dims), known once
         # traced and the same for every particle, which cannot be returned as arrays through vmap.
@@ -546,6 +633,19 @@ class ScoreFunctionELBO(EstimatorELBO):
     """
 
     estimator = "score"
+
+
+class MeasureValuedELBO(EstimatorELBO):
+    r"""A NumPyro ELBO whose gradient takes the measure-valued estimator at every guide latent (Pflug
+    1989; Mohamed, Rosca, Figurnov and Mnih 2020, section 6), as Pyro's
+    :class:`ppl_reparam.pyro.MeasureValuedELBO` (the maths there; :mod:`ppl_reparam.numpyro.measure_valued`):
+    per parameter element outside plates a pair of reruns of guide and model, traced into the loss.
+
+    :param coupling: common random numbers for the two sides of each pair (default True).
+    Other options as :class:`ScoreFunctionELBO`'s, without baselines (a difference needs none).
+    """
+
+    estimator = "measure"
 
 
 class PathwiseELBO(EstimatorELBO):

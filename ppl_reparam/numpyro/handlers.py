@@ -6,6 +6,11 @@ A guide site's estimator is decided when it is sampled:
   the family's reparameterized sample, so gradients flow through it into the loss.
 - ``"score"`` (score function, REINFORCE; Williams 1992, Ranganath et al. 2014): the value is wrapped
   in ``jax.lax.stop_gradient``; the ELBO then differentiates ``log q`` times the cost.
+- ``"measure"`` (measure-valued; Pflug 1989, Mohamed et al. 2020, section 6): drawn as for the score
+  function; the ELBO reruns guide and model at the two sides of the weak derivative of each parameter
+  (:mod:`ppl_reparam.numpyro.measure_valued`). Only this package's ELBOs implement it; under another ELBO
+  (NumPyro's ``Trace_ELBO``) the site's ``log_prob`` raises a ValueError rather than letting a silently
+  biased gradient through.
 
 NumPyro's ``has_rsample`` is a read-only property computed from the family's parameters, and NumPyro
 draws reparameterized samples whenever the family can. :func:`force_estimator` therefore wraps the
@@ -36,6 +41,7 @@ from numpyro.primitives import Messenger
 
 from .. import noise as qn
 from ..forcing import ForcedGuide, SiteChoices
+from . import measure_valued as mv
 
 _WRAPPERS = (Independent, TransformedDistribution, MaskedDistribution, ExpandedDistribution)
 
@@ -70,17 +76,33 @@ def _forced_inside(fn: Distribution) -> bool | None:
     return None
 
 
-def _normal_path(fn: Distribution) -> tuple[Normal, list] | None:
-    """``(the Normal, the transforms applied to its draws, innermost first)`` if ``fn`` is a Normal under
-    Independent, Masked, Expanded and Transformed wrappers, else None."""
+def leaf_path(fn: Distribution) -> tuple[Distribution, list]:
+    """``(the innermost distribution, the transforms applied to its draws, innermost first)`` under
+    Independent, Masked, Expanded, Transformed and this module's wrappers."""
     transforms: list = []
-    while not isinstance(fn, Normal):
+    while isinstance(fn, (*_WRAPPERS, EstimatorDistribution)):
         if isinstance(fn, TransformedDistribution):
             transforms = list(fn.transforms) + transforms
-        elif not isinstance(fn, _WRAPPERS):
-            return None
         fn = fn.base_dist
     return fn, transforms
+
+
+def _normal_path(fn: Distribution) -> tuple[Normal, list] | None:
+    """:func:`leaf_path` if the innermost distribution is a Normal, else None."""
+    leaf, transforms = leaf_path(fn)
+    return (leaf, transforms) if isinstance(leaf, Normal) else None
+
+
+def _check_measure(name: str, fn: Distribution) -> None:
+    """Raise a ValueError naming the site if ``fn`` has no weak derivative here."""
+    leaf, transforms = leaf_path(fn)
+    if mv.family_of(leaf) is None or any(t.domain.event_dim or t.codomain.event_dim for t in transforms):
+        raise ValueError(
+            f"site {name!r}: the measure-valued estimator has no weak derivative for {describe(fn)}; it is "
+            f"implemented for {', '.join(mv.FAMILY_NAMES)} (and element-wise transforms of them, such as "
+            "LogNormal) under Independent, Masked and Expanded wrappers. Use 'score' or 'pathwise' for "
+            "this site."
+        )
 
 
 @jax.tree_util.register_pytree_node_class
@@ -138,18 +160,21 @@ class EstimatorDistribution(Distribution):
     ``reparameterized=True``: samples are ``base_dist``'s own (reparameterized) samples (pathwise), or
     ``noise``'s coupled ones (:class:`ParticleNoise`); ``False``: samples are ``jax.lax.stop_gradient``
     of them, and sampling intermediates are dropped so that ``log_prob`` is recomputed from the value
-    (score function). ``log_prob``, ``entropy``,
-    support and shapes are those of ``base_dist``.
+    (score function, or measure-valued with ``measure``: then ``log_prob`` raises a ValueError outside
+    this package's ELBOs). ``log_prob``, ``entropy``, support and shapes are those of ``base_dist``.
     """
 
     arg_constraints: dict = {}
     pytree_data_fields = ("base_dist", "noise")
-    pytree_aux_fields = ("reparameterized",)
+    pytree_aux_fields = ("reparameterized", "measure")
 
-    def __init__(self, base_dist: Distribution, reparameterized: bool, noise: ParticleNoise | None = None):
+    def __init__(
+        self, base_dist: Distribution, reparameterized: bool, noise: ParticleNoise | None = None, measure: bool = False
+    ):
         self.base_dist = base_dist
         self.reparameterized = bool(reparameterized)
         self.noise = noise
+        self.measure = bool(measure)
         super().__init__(base_dist.batch_shape, base_dist.event_shape, validate_args=False)
 
     @property
@@ -161,7 +186,7 @@ class EstimatorDistribution(Distribution):
         return self.base_dist.support
 
     def expand(self, batch_shape) -> EstimatorDistribution:
-        return EstimatorDistribution(self.base_dist.expand(batch_shape), self.reparameterized, self.noise)
+        return EstimatorDistribution(self.base_dist.expand(batch_shape), self.reparameterized, self.noise, self.measure)
 
     def sample_with_intermediates(self, key: jax.Array, sample_shape: tuple[int, ...] = ()):
         if self.reparameterized and self.noise is not None:
@@ -179,6 +204,12 @@ class EstimatorDistribution(Distribution):
         return self.sample(key, sample_shape)
 
     def log_prob(self, value: jax.Array, intermediates: list | None = None) -> jax.Array:
+        if self.measure and not mv.ALLOWED.get():
+            raise ValueError(
+                "a site forced to the measure-valued estimator is differentiated only by this package's "
+                "ELBOs (MeasureValuedELBO, ScoreFunctionELBO, PathwiseELBO); use one of them, or another "
+                "estimator for the site"
+            )
         if intermediates:
             return self.base_dist.log_prob(value, intermediates)
         return self.base_dist.log_prob(value)
@@ -225,6 +256,9 @@ def apply_estimator(
         )
     if estimator == "pathwise" and noise is not None:
         return EstimatorDistribution(fn, True, noise.at(name, fn))
+    if estimator == "measure":
+        _check_measure(name, fn)
+        return EstimatorDistribution(fn, False, measure=True)
     return EstimatorDistribution(fn, reparameterized=estimator == "pathwise")
 
 

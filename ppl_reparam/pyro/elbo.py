@@ -41,6 +41,7 @@ from typing import Any, NamedTuple
 
 import pyro.ops.jit
 import torch
+from pyro import poutine
 from pyro.distributions import ImproperUniform
 from pyro.distributions.kl import kl_divergence
 from pyro.distributions.util import is_identically_zero, scale_and_mask
@@ -53,6 +54,7 @@ from pyro.util import check_if_enumerated
 from .. import surrogate as sg
 from ..forcing import check_estimator, check_named_sites, checking_sites
 from ..noise import check_noise
+from . import measure_valued as mv
 from .baselines import Baseline, Context, make_baseline
 from .handlers import (
     EstimatorDistribution,
@@ -61,6 +63,7 @@ from .handlers import (
     describe,
     is_guide_latent,
     leaf_distribution,
+    leaf_path,
 )
 from .provenance import deps_of, untrack
 
@@ -159,6 +162,7 @@ class EstimatorELBO(ELBO):
     """Shared machinery: force ``estimator`` on the guide and differentiate the surrogate loss."""
 
     estimator: str
+    compiled = False
 
     def __init__(
         self,
@@ -171,14 +175,21 @@ class EstimatorELBO(ELBO):
         stl: bool = False,
         antithetic: bool = False,
         qmc: bool = False,
+        coupling: bool = True,
         **kwargs: Any,
     ):
         check_estimator(self.estimator)
         self.baseline = make_baseline(baseline)
+        if self.estimator == "measure" and self.baseline is not None:
+            raise ValueError(
+                f"{type(self).__name__}: baselines apply to the score function; the measure-valued estimator "
+                "takes a difference of two runs, which a baseline would not change"
+            )
         self.sites = sg.check_options(num_particles, sites, self.baseline, stl, analytic_kl, bool(vectorize_particles))
         self.noise = check_noise(antithetic, qmc, num_particles, bool(vectorize_particles), self.baseline)
         self.analytic_kl = bool(analytic_kl)
         self.stl = bool(stl)
+        self.coupling = bool(coupling)
         self._options = dict(
             max_plate_nesting=max_plate_nesting,
             vectorize_particles=vectorize_particles,
@@ -188,6 +199,8 @@ class EstimatorELBO(ELBO):
             stl=self.stl,
             **kwargs,
         )
+        if not self.coupling:
+            self._options["coupling"] = False
         if self.noise is not None:
             self._options[self.noise] = True
         super().__init__(
@@ -222,10 +235,16 @@ class EstimatorELBO(ELBO):
 
     def _get_trace(self, model: Callable, guide: Callable, args: tuple, kwargs: dict):
         forced_guide, forced = self._forced(guide, track=True)
-        with checking_sites() as nested:
-            model_trace, guide_trace = get_importance_trace(
-                "flat", self.max_plate_nesting, model, forced_guide, args, kwargs
-            )
+        allowed = mv.ALLOWED.set(True)
+        try:
+            with checking_sites() as nested:
+                model_trace, guide_trace = get_importance_trace(
+                    "flat", self.max_plate_nesting, model, forced_guide, args, kwargs
+                )
+        finally:
+            mv.ALLOWED.reset(allowed)
+        if any(getattr(site.get("fn"), "measure", False) for site in guide_trace.nodes.values()):
+            guide_trace.programs = (model, guide)  # what a measure-valued site reruns
         check_named_sites(
             [forced.choices, *nested],
             (n for n, s in model_trace.nodes.items() if s["type"] == "sample"),
@@ -346,7 +365,81 @@ class EstimatorELBO(ELBO):
                 b = self.baseline.value(site.name, unscaled, ctx)
                 learned.append((site.name, unscaled, ctx))
             surrogate = surrogate + sg.per_particle(sg.score_term(site, cost, b, OPS), dim, OPS)
+        for name, node in guide_trace.nodes.items():
+            if node["type"] == "sample" and getattr(node["fn"], "measure", False):
+                term = self._measure_term(name, node, terms, deps, guide_trace, args, kwargs)
+                surrogate = surrogate + sg.per_particle(term, dim, OPS)
         return _Particles(loss, torch.as_tensor(surrogate), terms, learned)
+
+    # ------------------------------------------------------------------------- measure-valued
+    def _measure_term(
+        self, name: str, node: dict, terms: list[sg.Term], deps: list[frozenset], guide_trace: Trace,
+        args: tuple, kwargs: dict,
+    ) -> torch.Tensor:
+        """The surrogate of the measure-valued site ``name`` (:mod:`ppl_reparam.pyro.measure_valued`):
+        its cost is the terms that depend on its sample, re-evaluated by :meth:`_rerun`."""
+        if self.compiled:
+            raise ValueError(
+                f"site {name!r}: the measure-valued estimator reruns guide and model, which a compiled graph "
+                f"cannot; use {type(self).__name__.removeprefix('Jit')} for it"
+            )
+        fn = node["fn"]
+        frames = _frames(node)
+        batch_shape = fn.batch_shape
+        plates = frozenset(f.dim for f in frames if -f.dim <= len(batch_shape) and batch_shape[f.dim] > 1)
+        downstream = [t for t, d in zip(terms, deps) if name in d]
+        for t in downstream:
+            outside = sorted(f.name for f in frames if f.dim in plates and f not in t.frames)
+            if outside:
+                raise ValueError(
+                    f"site {name!r}: the measure-valued estimator perturbs the elements of the plates {outside} "
+                    f"together, but the term of site {t.site!r}, which depends on this site's sample, lies "
+                    "outside them (it would see every element move at once); use 'score' for this site"
+                )
+        keys = {(t.site, t.sign, t.closed_form) for t in downstream}
+        cost_shape = tuple(n if i - len(batch_shape) in plates else 1 for i, n in enumerate(batch_shape))
+        cost_shape += (1,) * len(fn.event_shape)
+        seed = int(torch.randint(0, 2**62, ()))
+        programs = guide_trace.programs
+
+        def cost(value: torch.Tensor) -> torch.Tensor:
+            rerun = self._rerun(programs, guide_trace, name, value, seed, args, kwargs)
+            items = [(t.frames, t.signed) for t in rerun if (t.site, t.sign, t.closed_form) in keys]
+            total = torch.as_tensor(sg.sum_to(items, frames, OPS))
+            return sg.reduce_to(total.reshape(total.shape + (1,) * len(fn.event_shape)), cost_shape, OPS).detach()
+
+        leaf, transforms = leaf_path(fn)
+        value = untrack(node["value"])
+        plate_dims = frozenset(d - len(fn.event_shape) for d in plates)
+        return mv.site_term(name, leaf, transforms, value, len(fn.event_shape), plate_dims, cost, self.coupling)
+
+    def _rerun(
+        self, programs: tuple[Callable, Callable], guide_trace: Trace, name: str, value: torch.Tensor, seed: int,
+        args: tuple, kwargs: dict,
+    ) -> list[sg.Term]:
+        """The loss terms of guide and model run again with the sites before ``name`` replayed, ``name``
+        set to ``value`` and the sites after it drawn from torch's generator seeded with ``seed`` (the
+        caller's generator is left as it was)."""
+        model, guide = programs
+        replayed = Trace()
+        for n, site in guide_trace.nodes.items():
+            if site["type"] == "sample":
+                replayed.add_node(n, **{**site, "value": value if n == name else untrack(site["value"]).detach()})
+            if n == name:
+                break
+        forced_guide, _ = self._forced(poutine.replay(guide, trace=replayed))
+        allowed = mv.ALLOWED.set(True)
+        devices = [value.device.index or 0] if value.is_cuda else []
+        try:
+            with torch.random.fork_rng(devices=devices), torch.no_grad(), checking_sites(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the first run gave them
+                torch.manual_seed(seed)
+                model_trace, rerun_trace = get_importance_trace(
+                    "flat", self.max_plate_nesting, model, forced_guide, args, kwargs
+                )
+                return self._terms(model_trace, rerun_trace)[0]
+        finally:
+            mv.ALLOWED.reset(allowed)
 
     def _sums(self, model_trace: Trace, guide_trace: Trace, args: tuple, kwargs: dict) -> _Particles:
         """:meth:`_particle_losses` with the loss and surrogate summed over the trace's particles (0-d)."""
@@ -485,6 +578,24 @@ class PathwiseELBO(EstimatorELBO):
     estimator = "pathwise"
 
 
+class MeasureValuedELBO(EstimatorELBO):
+    r"""A Pyro ELBO whose gradient takes the measure-valued estimator at every guide latent (Pflug 1989;
+    Mohamed, Rosca, Figurnov and Mnih 2020, section 6): for each parameter element :math:`\theta_j` of a
+    site's distribution, :math:`c_j\,(c_s(z^+_j) - c_s(z^-_j))` with :math:`z^\pm_j` drawn from the two
+    sides of the weak derivative and the site's cost :math:`c_s` re-evaluated by rerunning guide and model
+    (:mod:`ppl_reparam.pyro.measure_valued`). Unbiased, with no differentiable sampler or model needed,
+    at two runs per parameter element outside plates (the cost grows with the parameter dimension).
+    Families: Normal (and LogNormal), Exponential, Gamma (rate), Poisson, Bernoulli, Categorical; any
+    other is a ValueError naming the site.
+
+    :param coupling: common random numbers for the two sides of each pair (default True).
+    Other options as :class:`ScoreFunctionELBO`'s, without baselines (a difference needs none); not
+    compiled (``pyro.ops.jit``).
+    """
+
+    estimator = "measure"
+
+
 class _Compiled:
     """The ``pyro.ops.jit`` counterpart of an ELBO of this package, on the pattern of Pyro's
     ``JitTrace_ELBO``: the mean loss and surrogate of :meth:`EstimatorELBO.particle_losses` are traced
@@ -494,6 +605,8 @@ class _Compiled:
     ``JitTrace_ELBO``. A baseline that learns (moving average, learned) updates Python state after
     every step, which a compiled graph cannot: use the non-JIT class for those. Where the loss comes out
     NaN or infinite, the step is rerun without JIT to name the site."""
+
+    compiled = True
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)

@@ -6,6 +6,10 @@ A guide site's estimator is decided when it is sampled:
   drawn with ``rsample``, so gradients flow through it into the loss.
 - ``"score"`` (score function, REINFORCE; Williams 1992, Ranganath et al. 2014): the value is drawn with
   ``sample`` and detached; the ELBO then differentiates ``log q`` times the cost.
+- ``"measure"`` (measure-valued; Pflug 1989, Mohamed et al. 2020, section 6): drawn as for the score
+  function; the ELBO reruns guide and model at the two sides of the weak derivative of each parameter
+  (:mod:`ppl_reparam.pyro.measure_valued`). Only this package's ELBOs implement it; under another ELBO
+  (Pyro's ``Trace_ELBO``) such a site raises a ValueError rather than silently taking the score function.
 
 Pyro cannot set ``has_rsample`` on ``Independent``, ``TransformedDistribution`` or masked
 distributions, and its plate broadcasting copies the flag onto expanded copies. Instead of setting the
@@ -22,12 +26,14 @@ import numpy as np
 import pyro.distributions as dist
 import torch
 from pyro.distributions import Delta, TorchDistribution
+from pyro.distributions.score_parts import ScoreParts
 from pyro.distributions.torch_distribution import ExpandedDistribution, MaskedDistribution
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.subsample_messenger import _Subsample
 
 from .. import noise as qn
 from ..forcing import ForcedGuide, SiteChoices
+from . import measure_valued as mv
 from .provenance import track
 
 _EMPTY = torch.Size()
@@ -63,17 +69,33 @@ def can_rsample(fn: torch.distributions.Distribution) -> bool:
     return bool(getattr(type(leaf_distribution(fn)), "has_rsample", False))
 
 
-def _normal_path(fn: torch.distributions.Distribution) -> tuple[torch.distributions.Normal, list] | None:
-    """``(the Normal, the transforms applied to its draws, innermost first)`` if ``fn`` is a Normal under
-    Independent, Masked, Expanded and Transformed wrappers, else None."""
+def leaf_path(fn: torch.distributions.Distribution) -> tuple[torch.distributions.Distribution, list]:
+    """``(the innermost distribution, the transforms applied to its draws, innermost first)`` under
+    Independent, Masked, Expanded, Transformed and this module's wrappers."""
     transforms: list = []
-    while not isinstance(fn, torch.distributions.Normal):
+    while isinstance(fn, (*_WRAPPERS, EstimatorDistribution)):
         if isinstance(fn, torch.distributions.TransformedDistribution):
             transforms = list(fn.transforms) + transforms
-        elif not isinstance(fn, _WRAPPERS):
-            return None
         fn = fn.base_dist
     return fn, transforms
+
+
+def _normal_path(fn: torch.distributions.Distribution) -> tuple[torch.distributions.Normal, list] | None:
+    """:func:`leaf_path` if the innermost distribution is a Normal, else None."""
+    leaf, transforms = leaf_path(fn)
+    return (leaf, transforms) if isinstance(leaf, torch.distributions.Normal) else None
+
+
+def _check_measure(name: str, fn: torch.distributions.Distribution) -> None:
+    """Raise a ValueError naming the site if ``fn`` has no weak derivative here."""
+    leaf, transforms = leaf_path(fn)
+    if mv.family_of(leaf) is None or any(t.domain.event_dim or t.codomain.event_dim for t in transforms):
+        raise ValueError(
+            f"site {name!r}: the measure-valued estimator has no weak derivative for {describe(fn)}; it is "
+            f"implemented for {', '.join(n for n, _ in mv.SUPPORTED)} (and element-wise transforms of them, "
+            "such as LogNormal) under Independent, Masked and Expanded wrappers. Use 'score' or 'pathwise' "
+            "for this site."
+        )
 
 
 class ParticleNoise:
@@ -123,9 +145,9 @@ class EstimatorDistribution(TorchDistribution):
 
     ``reparameterized=True``: samples are ``base_dist.rsample()`` (pathwise), or from ``noise``'s coupled
     draws (:class:`ParticleNoise`); ``False``: samples are ``base_dist.sample()``, detached from autograd
-    and forward-mode tangents (score function), and carry the site names ``deps`` for provenance tracking
-    (:mod:`ppl_reparam.pyro.provenance`; the ELBOs set it). ``log_prob``, ``entropy``, support and
-    shapes are those of ``base_dist``.
+    and forward-mode tangents (score function, or measure-valued with ``measure``), and carry the site
+    names ``deps`` for provenance tracking (:mod:`ppl_reparam.pyro.provenance`; the ELBOs set it).
+    ``log_prob``, ``entropy``, support and shapes are those of ``base_dist``.
     """
 
     arg_constraints: dict = {}
@@ -136,11 +158,13 @@ class EstimatorDistribution(TorchDistribution):
         reparameterized: bool,
         deps: frozenset = frozenset(),
         noise: ParticleNoise | None = None,
+        measure: bool = False,
     ):
         self.base_dist = base_dist
         self.has_rsample = reparameterized
         self.deps = deps
         self.noise = noise
+        self.measure = measure
         super().__init__(base_dist.batch_shape, base_dist.event_shape, validate_args=False)
 
     @property
@@ -148,7 +172,9 @@ class EstimatorDistribution(TorchDistribution):
         return self.base_dist.support
 
     def expand(self, batch_shape, _instance=None) -> EstimatorDistribution:
-        return EstimatorDistribution(self.base_dist.expand(batch_shape), self.has_rsample, self.deps, self.noise)
+        return EstimatorDistribution(
+            self.base_dist.expand(batch_shape), self.has_rsample, self.deps, self.noise, self.measure
+        )
 
     def sample(self, sample_shape: torch.Size = _EMPTY) -> torch.Tensor:
         with torch.no_grad():
@@ -169,7 +195,16 @@ class EstimatorDistribution(TorchDistribution):
         """Pathwise: the wrapped family's own parts where it draws with ``rsample`` (a partially
         reparameterized sampler, such as a rejection sampler, keeps its score-function correction), else
         ``log_prob`` as the entropy term and no score; score function: ``log_prob`` as the score and no
-        entropy term."""
+        entropy term; measure-valued: neither (the ELBO adds its own term), and a ValueError outside
+        this package's ELBOs."""
+        if self.measure:
+            if not mv.ALLOWED.get():
+                raise ValueError(
+                    "a site forced to the measure-valued estimator is differentiated only by this package's "
+                    "ELBOs (MeasureValuedELBO, ScoreFunctionELBO, PathwiseELBO); use one of them, or another "
+                    "estimator for the site"
+                )
+            return ScoreParts(log_prob=self.log_prob(value), score_function=0, entropy_term=0)
         if self.has_rsample and self.base_dist.has_rsample:
             return self.base_dist.score_parts(value)
         return super().score_parts(value)
@@ -214,6 +249,9 @@ def apply_estimator(
         )
     if isinstance(fn, EstimatorDistribution):
         fn = fn.base_dist
+    if estimator == "measure":
+        _check_measure(name, fn)
+        return EstimatorDistribution(fn, False, frozenset((name,)) if track else frozenset(), measure=True)
     pathwise = estimator == "pathwise"
     if pathwise and noise is not None:
         noise.check(name, fn)

@@ -280,6 +280,11 @@ def gradient_variance(
     )
     batched = isinstance(elbo, EstimatorELBO) and elbo.vectorize_particles and not couples
     start = time.perf_counter()
+    if getattr(elbo, "vectorize_particles", False) and elbo.max_plate_nesting == float("inf"):
+        # Pyro's ELBOs guess the nesting from a run on their first call; guessed on its own draws here,
+        # the measurement's draws are the same on every call of the same ELBO object
+        with isolated_rng(seed):
+            elbo._guess_max_plate_nesting(model, guide, args, kwargs)
     with isolated_rng(seed):
         params, subsampled, largest = _run_once(model, guide, args, kwargs)
         size = sum(p.numel() for p in params.values())
