@@ -114,6 +114,13 @@ def choose_from_stats(
     parameters (or name prefixes, as :data:`ppl_reparam.study.Groups`) the choice is made on (None:
     all of them)."""
     specs: dict[str, RunSpec] = {name: parse_run_spec(name) for name in stats}
+    measured = sorted(name for name, spec in specs.items() if spec.base == "measure")
+    if measured and criterion == "per_sample_variance":
+        raise ValueError(
+            f"{measured}: the measure-valued estimator costs reruns of guide and model beside its particles, which "
+            "per_sample_variance (variance x particles) does not count; choose with criterion='variance_x_seconds' "
+            "(--criterion variance_x_seconds)"
+        )
     names = list(next(iter(stats.values())))
     label = "all parameters" if group is None else group if isinstance(group, str) else ", ".join(group)
     members = {label: names} if group is None else resolve_groups({label: group}, names)

@@ -14,17 +14,27 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+from .auto import resolve
+
 ESTIMATORS = ("score", "pathwise", "measure")
 """The estimator names accepted everywhere."""
 
+REQUESTS = (*ESTIMATORS, "auto")
+"""What a site or :func:`force_estimator` may ask for: an estimator, or ``"auto"`` (chosen by
+measurement, :mod:`ppl_reparam.auto`)."""
 
-def check_estimator(estimator: str, where: str = "") -> str:
-    """Return ``estimator`` if it is a known name, else raise a ValueError that lists the names."""
-    if estimator not in ESTIMATORS:
+
+def check_estimator(estimator: str, where: str = "", auto: bool = False) -> str:
+    """Return ``estimator`` if it is a known name (or ``"auto"`` where ``auto``), else raise a ValueError
+    that lists the names."""
+    if estimator not in (REQUESTS if auto else ESTIMATORS):
         at = f" at {where}" if where else ""
+        also = ", 'measure' (measure-valued) or 'auto' (chosen by measurement)" if auto else (
+            " or 'measure' (measure-valued)"
+        )
         raise ValueError(
             f"unknown estimator {estimator!r}{at}; expected 'score' (score function / REINFORCE), "
-            "'pathwise' (reparameterization) or 'measure' (measure-valued)"
+            f"'pathwise' (reparameterization){also}"
         )
     return estimator
 
@@ -34,22 +44,26 @@ class SiteChoices:
 
     def __init__(self, estimator: str | None, sites: Iterable[str] | None = None):
         if estimator is not None:
-            check_estimator(estimator)
+            check_estimator(estimator, auto=True)
         if isinstance(sites, str):
             sites = [sites]
         self.estimator = estimator
         self.sites = None if sites is None else frozenset(sites)
         self.seen: set[str] = set()
 
-    def choose(self, name: str, infer: Mapping[str, Any]) -> str | None:
-        """The estimator for the latent site ``name`` with the site's ``infer`` dict, or None."""
+    def choose(self, name: str, infer: Mapping[str, Any], fn: Any = None) -> str | None:
+        """The estimator for the latent site ``name`` with the site's ``infer`` dict and distribution
+        ``fn``, or None; ``"auto"`` is resolved (:func:`ppl_reparam.auto.resolve`)."""
         self.seen.add(name)
         if self.sites is not None and name in self.sites:
-            return self.estimator
-        requested = infer.get("estimator")
-        if requested is not None:
-            return check_estimator(requested, f"site {name!r} (infer={{'estimator': ...}})")
-        return self.estimator if self.sites is None else None
+            requested = self.estimator
+        else:
+            requested = infer.get("estimator")
+            if requested is not None:
+                check_estimator(requested, f"site {name!r} (infer={{'estimator': ...}})", auto=True)
+            elif self.sites is None:
+                requested = self.estimator
+        return resolve(name, fn) if requested == "auto" else requested
 
     def unknown(self, model_sites: Iterable[str]) -> list[str]:
         """The named sites that are neither sampled by the guide in this run nor sites of the model

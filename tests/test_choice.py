@@ -79,6 +79,19 @@ def test_bad_requests():
         choose(ROWS, "g", "time")
 
 
+def test_a_measure_valued_spec_is_not_ranked_by_particles():
+    # its reruns of guide and model are a cost that variance x particles would leave out
+    from ppl_reparam.models.toy_gaussian import ToyGaussian
+    from ppl_reparam.pyro.variance import choose_estimator
+
+    toy = ToyGaussian(2.0)
+    with pytest.raises(ValueError, match=r"\['measure'\]: the measure-valued estimator costs reruns"):
+        choose_estimator(toy.model, toy.guide, ["pathwise", "measure"], num_reps=10)
+    chosen = choose_estimator(toy.model, toy.guide, ["pathwise", "measure"], num_reps=200,
+                              criterion="variance_x_seconds")
+    assert chosen.chosen == "pathwise"
+
+
 def test_cli_refuses_a_group_the_model_has_not_before_any_work(tmp_path, capsys):
     assert main(["compare", "--model", "toy", "--choose", "encoder", "--out", str(tmp_path / "out")]) == 2
     assert "--choose: the toy model's parameter groups are theta, not 'encoder'" in capsys.readouterr().err

@@ -6,6 +6,7 @@ JAX and NumPyro only (never torch or Pyro).
 
 from .. import BACKEND_API
 from ..forcing import ESTIMATORS
+from .auto import ResolvedGuide, choose_site_estimators
 from .baselines import ConstantBaseline, LearnedBaseline, LeaveOneOutBaseline, MovingAverageBaseline
 from .elbo import MeasureValuedELBO, PathwiseELBO, ScoreFunctionELBO
 from .guides import MeanField
@@ -14,4 +15,5 @@ from .iwae import IWAE
 from .monitor import VarianceMonitor
 from .variance import compare_estimators, gradient_variance
 
-__all__ = [*BACKEND_API]  # the imports above re-export these (tests/test_imports.py)
+# the imports above re-export these (tests/test_imports.py)
+__all__ = ["ResolvedGuide", "choose_site_estimators", *BACKEND_API]

@@ -249,6 +249,7 @@ class EstimatorELBO(ELBO):
         self.analytic_kl = bool(analytic_kl)
         self.stl = bool(stl)
         self.coupling = bool(coupling)
+        self.reruns = 0  # runs of guide and model the measure-valued sites took in the last traced particle
         super().__init__(num_particles=int(num_particles), vectorize_particles=vectorize_particles)
 
     def __repr__(self) -> str:
@@ -399,6 +400,7 @@ class EstimatorELBO(ELBO):
         out = {"loss": jnp.sum(loss), "sums": jnp.stack(sums) if sums else jnp.zeros(0)}
         info["labels"] = [(t.site, describe((guide_trace.get(t.site) or model_trace[t.site])["fn"])) for t in terms]
         deps = []
+        self.reruns = 0  # (at trace time: the reruns in the compiled graph, per particle)
         measured = [site for site in sample_sites(guide_trace) if _is_measure_site(site)]
         if score_sites or measured or self.analytic_kl:
             args_ = (keys, param_map, model, guide, args, kwargs, score_sites, guide_trace, info.get("plates"))
@@ -433,16 +435,13 @@ class EstimatorELBO(ELBO):
         name, fn = site["name"], site["fn"]
         frames = frozenset(site["cond_indep_stack"])
         batch_shape = fn.batch_shape
-        plate_set = frozenset(f.dim for f in frames if -f.dim <= len(batch_shape) and batch_shape[f.dim] > 1)
         downstream = [t for t, d in zip(terms, deps) if name in d]
-        for t in downstream:
-            outside = sorted(f.name for f in frames if f.dim in plate_set and f not in t.frames)
-            if outside:
-                raise ValueError(
-                    f"site {name!r}: the measure-valued estimator perturbs the elements of the plates {outside} "
-                    f"together, but the term of site {t.site!r}, which depends on this site's sample, lies "
-                    "outside them (it would see every element move at once); use 'score' for this site"
-                )
+        # a plate's elements move together where every term downstream of the site lies in that plate (each
+        # element's cost is then its own terms); where one does not, they move one at a time
+        plate_set = frozenset(
+            f.dim for f in frames
+            if -f.dim <= len(batch_shape) and batch_shape[f.dim] > 1 and all(f in t.frames for t in downstream)
+        )
         keys_of = {(t.site, t.sign, t.closed_form) for t in downstream}
         event_dim = len(fn.event_shape)
         cost_shape = tuple(n if i - len(batch_shape) in plate_set else 1 for i, n in enumerate(batch_shape))
@@ -460,6 +459,7 @@ class EstimatorELBO(ELBO):
         draw_key, guide_key, model_key = random.split(random.fold_in(keys[0], zlib.crc32(name.encode())), 3)
 
         def cost(value: jax.Array) -> jax.Array:
+            self.reruns += 1
             values = {**data, name: value}
 
             def replace(msg: dict) -> jax.Array | None:

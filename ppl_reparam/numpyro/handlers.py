@@ -93,7 +93,7 @@ def _normal_path(fn: Distribution) -> tuple[Normal, list] | None:
     return (leaf, transforms) if isinstance(leaf, Normal) else None
 
 
-def _check_measure(name: str, fn: Distribution) -> None:
+def check_measure(name: str, fn: Distribution) -> None:
     """Raise a ValueError naming the site if ``fn`` has no weak derivative here."""
     leaf, transforms = leaf_path(fn)
     if mv.family_of(leaf) is None or any(t.domain.event_dim or t.codomain.event_dim for t in transforms):
@@ -257,7 +257,7 @@ def apply_estimator(
     if estimator == "pathwise" and noise is not None:
         return EstimatorDistribution(fn, True, noise.at(name, fn))
     if estimator == "measure":
-        _check_measure(name, fn)
+        check_measure(name, fn)
         return EstimatorDistribution(fn, False, measure=True)
     return EstimatorDistribution(fn, reparameterized=estimator == "pathwise")
 
@@ -280,7 +280,7 @@ class ForceEstimatorMessenger(Messenger):
     def process_message(self, msg: dict) -> None:
         if not is_guide_latent(msg):
             return
-        estimator = self.choices.choose(msg["name"], msg["infer"])
+        estimator = self.choices.choose(msg["name"], msg["infer"], msg["fn"])
         if estimator is None and not can_rsample(msg["fn"]):
             estimator = "score"
         if estimator is None and self.noise is not None:

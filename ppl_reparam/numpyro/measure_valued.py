@@ -7,6 +7,7 @@ sides (common random numbers). The reruns are traced into the loss, so under ``j
 each element outside the site's plates adds a pair of them to the compiled graph.
 
 A parameter that is not a JAX tracer (a constant of the guide) carries no gradient and is skipped.
+NumPyro has no OneHotCategorical; the other families are Pyro's.
 """
 
 from __future__ import annotations

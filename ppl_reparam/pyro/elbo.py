@@ -51,15 +51,20 @@ from pyro.infer.util import is_validation_enabled
 from pyro.poutine import Trace
 from pyro.util import check_if_enumerated
 
+from .. import auto
 from .. import surrogate as sg
+from ..choice import Choice
 from ..forcing import check_estimator, check_named_sites, checking_sites
 from ..noise import check_noise
+from ..stats import MIN_REPS
 from . import measure_valued as mv
 from .baselines import Baseline, Context, make_baseline
 from .handlers import (
     EstimatorDistribution,
     ForceEstimatorMessenger,
     ParticleNoise,
+    can_rsample,
+    check_measure,
     describe,
     is_guide_latent,
     leaf_distribution,
@@ -176,9 +181,24 @@ class EstimatorELBO(ELBO):
         antithetic: bool = False,
         qmc: bool = False,
         coupling: bool = True,
+        auto_every: int | None = None,
+        auto_reps: int = 20,
+        auto_seed: int = 0,
         **kwargs: Any,
     ):
         check_estimator(self.estimator)
+        if auto_every is not None and (type(auto_every) is not int or auto_every < 1):
+            raise ValueError(f"auto_every must be a positive number of steps or None, got {auto_every!r}")
+        if auto_reps < MIN_REPS:
+            raise ValueError(f"auto_reps must be at least {MIN_REPS}, got {auto_reps}")
+        self.auto_every, self.auto_reps, self.auto_seed = auto_every, int(auto_reps), int(auto_seed)
+        self.auto: dict[str, str] = {}
+        self.auto_choices: dict[str, Choice] = {}
+        self.auto_log: list[dict[str, Any]] = []
+        self._auto_round: int | None = None  # the step of the last choice
+        self._auto_fixed = False  # a trial of one resolution: never chooses
+        self._steps = 0
+        self.reruns = 0  # runs of guide and model the measure-valued sites took in the last trace
         self.baseline = make_baseline(baseline)
         if self.estimator == "measure" and self.baseline is not None:
             raise ValueError(
@@ -201,6 +221,8 @@ class EstimatorELBO(ELBO):
         )
         if not self.coupling:
             self._options["coupling"] = False
+        if auto_every is not None or auto_reps != 20 or auto_seed:
+            self._options.update(auto_every=auto_every, auto_reps=auto_reps, auto_seed=auto_seed)
         if self.noise is not None:
             self._options[self.noise] = True
         super().__init__(
@@ -211,8 +233,78 @@ class EstimatorELBO(ELBO):
         )
 
     def with_num_particles(self, num_particles: int) -> EstimatorELBO:
-        """A copy of this ELBO with another ``num_particles`` (all other options kept)."""
-        return type(self)(num_particles=num_particles, **self._options)
+        """A copy of this ELBO with another ``num_particles`` (all other options kept, and the estimators
+        chosen for ``"auto"`` sites so far, fixed)."""
+        copy = type(self)(num_particles=num_particles, **self._options)
+        if self._auto_round is not None or self._auto_fixed:
+            copy.auto, copy._auto_fixed = dict(self.auto), True
+        return copy
+
+    # ------------------------------------------------------------------------------- "auto" sites
+    def _auto_candidates(self, name: str, fn: torch.distributions.Distribution) -> list[str]:
+        """The estimators that apply at a site: pathwise (with ``rsample``), score, measure (with a weak
+        derivative here)."""
+        found = ["pathwise"] if can_rsample(fn) else []
+        found.append("score")
+        try:
+            check_measure(name, fn)
+            found.append("measure")
+        except ValueError:
+            pass
+        return found
+
+    def _choose_auto(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> None:
+        """Choose the estimator of every ``"auto"`` site (:mod:`ppl_reparam.auto`): one run of the guide
+        finds them, then each candidate is measured by ``gradient_variance`` on its own seed."""
+        from ..study import derived_seed
+        from .variance import gradient_variance, isolated_rng
+
+        step = self._steps
+        resolution = auto.Resolution(self.auto, discover=lambda name, fn: self._auto_candidates(name, fn)[0])
+        with isolated_rng(derived_seed(self.auto_seed, step)), auto.resolving(resolution), checking_sites():
+            trace = poutine.trace(self._forced(guide)[0]).get_trace(*args, **kwargs)
+        found = {name: self._auto_candidates(name, fn) for name, fn in resolution.found.items()}
+        groups = {name: _parameters_of(trace, name) for name in found}
+        for name, candidates in found.items():
+            self.auto.setdefault(name, candidates[0])
+
+        def measure(resolution: dict[str, str], j: int) -> Any:
+            trial = type(self)(num_particles=self.num_particles, **self._options)
+            trial.auto, trial._auto_fixed, trial.max_plate_nesting = resolution, True, self.max_plate_nesting
+            seed = derived_seed(self.auto_seed, step, j)
+            stats = gradient_variance(trial, model, guide, *args, num_reps=self.auto_reps, seed=seed, method="loop",
+                                      **kwargs)
+            return stats, auto.evaluations(self.num_particles, trial.reruns)
+
+        choices, log = auto.choose_sites(found, self.auto, measure, step, groups)
+        self.auto_choices.update(choices)
+        self.auto_log.extend(log)
+        self._auto_round = step
+
+    def choose_estimators(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> dict[str, str]:
+        """Choose the estimator of every ``"auto"`` site of ``guide`` now, at the current parameters (the
+        ELBO otherwise does at its first step); returns :attr:`auto` (empty for a guide without such
+        sites). The parameters, the optimizer and the caller's random state are left alone."""
+        if not self._auto_fixed:
+            self._choose_auto(model, guide, args, kwargs)
+        return dict(self.auto)
+
+    def _resolved(self, call: Callable[[], Any], model: Callable, guide: Callable, args: tuple, kwargs: dict) -> Any:
+        """``call()`` with the ``"auto"`` sites resolved: chosen first where a run meets one without a
+        choice, and again every ``auto_every`` training steps."""
+        due = self._auto_round is not None and self.auto and self.auto_every is not None
+        if not self._auto_fixed and due and self._steps - self._auto_round >= self.auto_every:
+            self._choose_auto(model, guide, args, kwargs)
+        try:
+            return call()
+        except auto.Unchosen as e:
+            if self._auto_fixed or self._auto_round == self._steps:
+                raise ValueError(
+                    f"site {e.name!r} asks for estimator 'auto' but was not sampled when the ELBO chose its sites' "
+                    "estimators (a guide whose sites change from call to call): give it an estimator"
+                ) from None
+        self._choose_auto(model, guide, args, kwargs)
+        return self._resolved(call, model, guide, args, kwargs)
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self._options.items())
@@ -237,7 +329,7 @@ class EstimatorELBO(ELBO):
         forced_guide, forced = self._forced(guide, track=True)
         allowed = mv.ALLOWED.set(True)
         try:
-            with checking_sites() as nested:
+            with checking_sites() as nested, auto.resolving(auto.Resolution(self.auto)):
                 model_trace, guide_trace = get_importance_trace(
                     "flat", self.max_plate_nesting, model, forced_guide, args, kwargs
                 )
@@ -270,7 +362,8 @@ class EstimatorELBO(ELBO):
     def _guess_max_plate_nesting(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> None:
         """Pyro's guess, from a run of the guide under this ELBO's estimator (so that a score-function
         site's sample never reaches the model with a gradient)."""
-        with checking_sites():
+        resolution = auto.Resolution(self.auto, discover=lambda name, fn: self._auto_candidates(name, fn)[0])
+        with checking_sites(), auto.resolving(resolution):
             super()._guess_max_plate_nesting(model, self._forced(guide)[0], args, kwargs)
 
     def _particle_dim(self) -> int | None:
@@ -353,6 +446,7 @@ class EstimatorELBO(ELBO):
         :meth:`_per_particle`), with the loss terms and the score-function costs a baseline learns from;
         the callers check the loss is finite (:func:`_raise_non_finite`), where they read it anyway."""
         dim = self._particle_dim()
+        self.reruns = 0
         terms, deps, score_sites = self._terms(model_trace, guide_trace)
         loss, surrogate = sg.totals(terms, dim, OPS)
         loss = torch.as_tensor(loss)
@@ -386,16 +480,13 @@ class EstimatorELBO(ELBO):
         fn = node["fn"]
         frames = _frames(node)
         batch_shape = fn.batch_shape
-        plates = frozenset(f.dim for f in frames if -f.dim <= len(batch_shape) and batch_shape[f.dim] > 1)
         downstream = [t for t, d in zip(terms, deps) if name in d]
-        for t in downstream:
-            outside = sorted(f.name for f in frames if f.dim in plates and f not in t.frames)
-            if outside:
-                raise ValueError(
-                    f"site {name!r}: the measure-valued estimator perturbs the elements of the plates {outside} "
-                    f"together, but the term of site {t.site!r}, which depends on this site's sample, lies "
-                    "outside them (it would see every element move at once); use 'score' for this site"
-                )
+        # a plate's elements move together where every term downstream of the site lies in that plate (each
+        # element's cost is then its own terms); where one does not, they move one at a time
+        plates = frozenset(
+            f.dim for f in frames
+            if -f.dim <= len(batch_shape) and batch_shape[f.dim] > 1 and all(f in t.frames for t in downstream)
+        )
         keys = {(t.site, t.sign, t.closed_form) for t in downstream}
         cost_shape = tuple(n if i - len(batch_shape) in plates else 1 for i, n in enumerate(batch_shape))
         cost_shape += (1,) * len(fn.event_shape)
@@ -403,6 +494,7 @@ class EstimatorELBO(ELBO):
         programs = guide_trace.programs
 
         def cost(value: torch.Tensor) -> torch.Tensor:
+            self.reruns += 1
             rerun = self._rerun(programs, guide_trace, name, value, seed, args, kwargs)
             items = [(t.frames, t.signed) for t in rerun if (t.site, t.sign, t.closed_form) in keys]
             total = torch.as_tensor(sg.sum_to(items, frames, OPS))
@@ -431,7 +523,13 @@ class EstimatorELBO(ELBO):
         allowed = mv.ALLOWED.set(True)
         devices = [value.device.index or 0] if value.is_cuda else []
         try:
-            with torch.random.fork_rng(devices=devices), torch.no_grad(), checking_sites(), warnings.catch_warnings():
+            with (
+                torch.random.fork_rng(devices=devices),
+                torch.no_grad(),
+                checking_sites(),
+                warnings.catch_warnings(),
+                auto.resolving(auto.Resolution(self.auto)),
+            ):
                 warnings.simplefilter("ignore")  # the first run gave them
                 torch.manual_seed(seed)
                 model_trace, rerun_trace = get_importance_trace(
@@ -467,6 +565,9 @@ class EstimatorELBO(ELBO):
         The gradient of ``surrogate[i]`` is particle ``i``'s single-sample gradient estimate; the
         ELBO's estimate is their mean. :func:`~ppl_reparam.pyro.gradient_variance` builds on this.
         """
+        return self._resolved(lambda: self._particle_losses_of(model, guide, args, kwargs), model, guide, args, kwargs)
+
+    def _particle_losses_of(self, model: Callable, guide: Callable, args: tuple, kwargs: dict):
         pairs = []
         for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
             loss, surrogate, terms, _ = self._particle_losses(model_trace, guide_trace, args, kwargs)
@@ -498,6 +599,11 @@ class EstimatorELBO(ELBO):
 
         Raises a ValueError naming the site whose term has a NaN or infinite gradient.
         """
+        total = self._resolved(lambda: self._loss_and_grads(model, guide, args, kwargs), model, guide, args, kwargs)
+        self._steps += 1
+        return total
+
+    def _loss_and_grads(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> float:
         total = 0.0
         for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
             loss, surrogate, terms, costs = self._sums(model_trace, guide_trace, args, kwargs)
@@ -512,6 +618,18 @@ class EstimatorELBO(ELBO):
             for site, cost, ctx in costs:
                 self.baseline.update(site, cost, ctx)
         return total
+
+
+def _parameters_of(trace: Trace, name: str) -> list[str]:
+    """The param sites of ``trace`` that the distribution of its site ``name`` depends on (through
+    autograd: the log density of its value has a gradient in them)."""
+    params = {n: site["value"].unconstrained() for n, site in trace.nodes.items() if site["type"] == "param"}
+    site = trace.nodes[name]
+    log_prob = site["fn"].log_prob(site["value"].detach()).sum()
+    if not params or not log_prob.requires_grad:
+        return []
+    grads = torch.autograd.grad(log_prob, list(params.values()), allow_unused=True)
+    return [n for n, g in zip(params, grads) if g is not None]
 
 
 def param_leaves(*traces: Trace) -> list[torch.Tensor]:
@@ -585,8 +703,8 @@ class MeasureValuedELBO(EstimatorELBO):
     sides of the weak derivative and the site's cost :math:`c_s` re-evaluated by rerunning guide and model
     (:mod:`ppl_reparam.pyro.measure_valued`). Unbiased, with no differentiable sampler or model needed,
     at two runs per parameter element outside plates (the cost grows with the parameter dimension).
-    Families: Normal (and LogNormal), Exponential, Gamma (rate), Poisson, Bernoulli, Categorical; any
-    other is a ValueError naming the site.
+    Families: Normal (and LogNormal), Exponential, Gamma (rate), Poisson, Bernoulli, Categorical,
+    OneHotCategorical; any other is a ValueError naming the site.
 
     :param coupling: common random numbers for the two sides of each pair (default True).
     Other options as :class:`ScoreFunctionELBO`'s, without baselines (a difference needs none); not
@@ -613,6 +731,9 @@ class _Compiled:
         if self.noise is not None:
             raise ValueError(f"{type(self).__name__}: {self.noise}=True is not compiled; use "
                              f"{type(self).__name__.removeprefix('Jit')} for it")
+        if self.auto_every is not None:
+            raise ValueError(f"{type(self).__name__}: auto_every re-chooses estimators, which a compiled graph "
+                             f"cannot follow; use {type(self).__name__.removeprefix('Jit')} for it")
         if self.baseline is not None and type(self.baseline).update is not Baseline.update:
             raise ValueError(
                 f"{type(self).__name__}: the baseline {self.baseline!r} learns from every step, which a compiled "
@@ -647,13 +768,13 @@ class _Compiled:
         return loss
 
     def particle_losses(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any):
-        loss, surrogate = self._losses(model, guide, args, kwargs)
+        loss, surrogate = self._resolved(lambda: self._losses(model, guide, args, kwargs), model, guide, args, kwargs)
         self._checked(loss.item(), model, guide, args, kwargs)
         return loss.reshape(1), surrogate.reshape(1)
 
     def loss_and_grads(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
         """Estimate the loss and accumulate the gradient estimate into the parameters' ``.grad``."""
-        loss, surrogate = self._losses(model, guide, args, kwargs)
+        loss, surrogate = self._resolved(lambda: self._losses(model, guide, args, kwargs), model, guide, args, kwargs)
         surrogate.backward()
         return self._checked(loss.item(), model, guide, args, kwargs)
 

@@ -86,7 +86,7 @@ def _normal_path(fn: torch.distributions.Distribution) -> tuple[torch.distributi
     return (leaf, transforms) if isinstance(leaf, torch.distributions.Normal) else None
 
 
-def _check_measure(name: str, fn: torch.distributions.Distribution) -> None:
+def check_measure(name: str, fn: torch.distributions.Distribution) -> None:
     """Raise a ValueError naming the site if ``fn`` has no weak derivative here."""
     leaf, transforms = leaf_path(fn)
     if mv.family_of(leaf) is None or any(t.domain.event_dim or t.codomain.event_dim for t in transforms):
@@ -250,7 +250,7 @@ def apply_estimator(
     if isinstance(fn, EstimatorDistribution):
         fn = fn.base_dist
     if estimator == "measure":
-        _check_measure(name, fn)
+        check_measure(name, fn)
         return EstimatorDistribution(fn, False, frozenset((name,)) if track else frozenset(), measure=True)
     pathwise = estimator == "pathwise"
     if pathwise and noise is not None:
@@ -281,7 +281,7 @@ class ForceEstimatorMessenger(Messenger):
     def _pyro_sample(self, msg: dict) -> None:
         if not is_guide_latent(msg):
             return
-        estimator = self.choices.choose(msg["name"], msg["infer"])
+        estimator = self.choices.choose(msg["name"], msg["infer"], msg["fn"])
         if estimator is None and self.track and not msg["fn"].has_rsample:
             estimator = "score"
         if estimator is None and self.noise is not None:

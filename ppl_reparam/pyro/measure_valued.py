@@ -14,12 +14,12 @@ drawn afresh from one random stream shared by both sides (common random numbers:
 not move with :math:`z_s` cancel). The ELBO's surrogate gains :math:`\sum_j \theta_j\,\bot(\hat g_j)`,
 so the gradient flows on from :math:`\theta` into whatever computed it (an encoder).
 
-Elements of a plate are perturbed together (each plate element's cost holds only its own terms);
-every other element (event dims, batch dims outside plates) gets its own pair of runs, so a site
-costs :math:`2 \times` (its parameters with a gradient) :math:`\times` (elements outside plates) runs
-of guide and model, :math:`K` per element for a Categorical (its weak derivative in :math:`p_k` is the
-point mass at :math:`k`: :math:`\hat g_k = c_s(k)`). A cost term outside the site's plates would see
-every element of the plate move at once; that is refused with an error naming the term.
+Elements of a plate are perturbed together where every term downstream of the site lies in that
+plate (each element's cost is then its own terms); every other element (event dims, batch dims outside
+plates, plates with a downstream term outside them) gets its own pair of runs, so a site costs
+:math:`2 \times` (its parameters with a gradient) :math:`\times` (elements moved one at a time) runs
+of guide and model, :math:`K` per element for a Categorical or OneHotCategorical (its weak derivative
+in :math:`p_k` is the point mass at :math:`k`: :math:`\hat g_k = c_s(k)`).
 """
 
 from __future__ import annotations
@@ -30,12 +30,12 @@ from contextvars import ContextVar
 
 import torch
 import torch.autograd.forward_ad as fwAD
-from pyro.distributions import Bernoulli, Categorical, Exponential, Gamma, Normal, Poisson
+from pyro.distributions import Bernoulli, Categorical, Exponential, Gamma, Normal, OneHotCategorical, Poisson
 
 from ..measure_valued import FAMILIES, check_parameter, weak_pair
 
 SUPPORTED = (("Normal", Normal), ("Exponential", Exponential), ("Gamma", Gamma), ("Poisson", Poisson),
-             ("Bernoulli", Bernoulli), ("Categorical", Categorical))
+             ("Bernoulli", Bernoulli), ("Categorical", Categorical), ("OneHotCategorical", OneHotCategorical))
 """Leaf families with a weak derivative here (LogNormal and other element-wise transforms of them
 included), as ``(name, torch class)``."""
 
@@ -113,9 +113,12 @@ def site_term(
     """
     family = family_of(leaf)
     shape = value.shape
-    free_shape = tuple(1 if i - len(shape) in plate_dims else n for i, n in enumerate(shape))
-    term = _categorical_term(leaf, value, free_shape, cost) if family == "Categorical" else 0.0
-    params = {} if family == "Categorical" else {p: getattr(leaf, p) for p in FAMILIES[family]}
+    one_hot = family == "OneHotCategorical"
+    free_shape = tuple(1 if i - len(shape) in plate_dims or (one_hot and i == len(shape) - 1) else n
+                       for i, n in enumerate(shape))
+    discrete = family in ("Categorical", "OneHotCategorical")
+    term = _categorical_term(leaf, value, free_shape, cost, one_hot) if discrete else 0.0
+    params = {} if discrete else {p: getattr(leaf, p) for p in FAMILIES[family]}
     detached = {p: x.detach().expand(shape) for p, x in params.items()}
     for p, theta in params.items():
         if not has_gradient(theta):
@@ -134,17 +137,26 @@ def site_term(
     return term.sum(tuple(range(-event_dim, 0))) if event_dim else term
 
 
-def _categorical_term(leaf: torch.distributions.Categorical, value: torch.Tensor, free_shape: tuple[int, ...],
-                      cost: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor | float:
-    r""":math:`\sum_k p_k \bot(c_s(k))` element by element (0.0 where the probabilities carry no gradient)."""
+def _categorical_term(leaf: torch.distributions.Distribution, value: torch.Tensor, free_shape: tuple[int, ...],
+                      cost: Callable[[torch.Tensor], torch.Tensor], one_hot: bool) -> torch.Tensor | float:
+    r""":math:`p_k \bot(c_s(k))` element by element, summed over :math:`k` for a Categorical (its values
+    have no category dim) and not for a OneHotCategorical (0.0 where the probabilities carry no
+    gradient)."""
     probs = leaf.probs
     if not has_gradient(probs):
         return 0.0
-    g = torch.zeros((*value.shape, probs.shape[-1]), dtype=probs.dtype, device=probs.device)
+    k_count = probs.shape[-1]
+    batch = value.shape[:-1] if one_hot else value.shape
+    g = torch.zeros((*batch, k_count), dtype=probs.dtype, device=probs.device)
     for mask in _coordinates(free_shape, value.device):
-        for k in range(probs.shape[-1]):
-            g[..., k] += torch.where(mask, cost(torch.where(mask, torch.full_like(value, k), value)), 0.0)
-    return (probs.expand(g.shape) * g).sum(-1)
+        for k in range(k_count):
+            if one_hot:
+                point = torch.nn.functional.one_hot(torch.tensor(k), k_count).to(value.dtype)
+                g[..., k] += torch.where(mask[..., 0], cost(torch.where(mask, point, value))[..., 0], 0.0)
+            else:
+                g[..., k] += torch.where(mask, cost(torch.where(mask, torch.full_like(value, k), value)), 0.0)
+    term = probs.expand(g.shape) * g
+    return term if one_hot else term.sum(-1)
 
 
 def _coordinates(free_shape: tuple[int, ...], device: torch.device):

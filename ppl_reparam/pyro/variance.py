@@ -47,6 +47,7 @@ from pyro.infer import ELBO
 from pyro.poutine.subsample_messenger import _Subsample
 from tqdm.auto import tqdm
 
+from ..auto import Resolution, resolving
 from ..choice import Choice, measure_and_choose
 from ..stats import MIN_REPS, GradientStats, measure_each
 from ..threads import auto_threads, limited_threads
@@ -285,8 +286,14 @@ def gradient_variance(
         # the measurement's draws are the same on every call of the same ELBO object
         with isolated_rng(seed):
             elbo._guess_max_plate_nesting(model, guide, args, kwargs)
+    # a guide with "auto" sites runs here for its parameters only: any estimator will do
+    finding = Resolution(getattr(elbo, "auto", {}), discover=lambda name, fn: "score")
     with isolated_rng(seed):
-        params, subsampled, largest = _run_once(model, guide, args, kwargs)
+        with resolving(finding):
+            params, subsampled, largest = _run_once(model, guide, args, kwargs)
+        if isinstance(elbo, EstimatorELBO) and finding.found and elbo._auto_round is None and not elbo._auto_fixed:
+            # choose once here (on draws of its own), not in each copy a vectorized measurement makes
+            elbo.choose_estimators(model, guide, *args, **kwargs)
         size = sum(p.numel() for p in params.values())
         auto = method == "auto"
         if auto:
