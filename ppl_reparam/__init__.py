@@ -23,6 +23,7 @@ BACKEND_API = (
     "MeasureValuedELBO",
     "MovingAverageBaseline",
     "PathwiseELBO",
+    "RebarELBO",
     "ScoreFunctionELBO",
     "VarianceMonitor",
     "compare_estimators",

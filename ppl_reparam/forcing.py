@@ -16,7 +16,7 @@ from typing import Any
 
 from .auto import resolve
 
-ESTIMATORS = ("score", "pathwise", "measure")
+ESTIMATORS = ("score", "pathwise", "measure", "rebar")
 """The estimator names accepted everywhere."""
 
 REQUESTS = (*ESTIMATORS, "auto")
@@ -29,9 +29,9 @@ def check_estimator(estimator: str, where: str = "", auto: bool = False) -> str:
     that lists the names."""
     if estimator not in (REQUESTS if auto else ESTIMATORS):
         at = f" at {where}" if where else ""
-        also = ", 'measure' (measure-valued) or 'auto' (chosen by measurement)" if auto else (
-            " or 'measure' (measure-valued)"
-        )
+        also = ", 'measure' (measure-valued), 'rebar' (REBAR, Bernoulli sites) or 'auto' (chosen by measurement)" if (
+            auto
+        ) else ", 'measure' (measure-valued) or 'rebar' (REBAR, Bernoulli sites)"
         raise ValueError(
             f"unknown estimator {estimator!r}{at}; expected 'score' (score function / REINFORCE), "
             f"'pathwise' (reparameterization){also}"

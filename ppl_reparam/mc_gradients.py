@@ -47,3 +47,16 @@ Survey: Mohamed, Rosca, Figurnov and Mnih, "Monte Carlo Gradient Estimation in M
 JMLR 21(132), 2020, sections 4, 5 and 7. The same seed gives the same numbers; no global random state is
 read or changed.
 """
+
+import math
+
+
+def check_rebar_options(temperature: float, eta: float) -> tuple[float, float]:
+    """REBAR's :math:`\\lambda` and :math:`\\eta` as floats (the ELBOs' ``rebar_temperature`` and
+    ``rebar_eta``); a ValueError unless the temperature is positive and both are finite."""
+    temperature, eta = float(temperature), float(eta)
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise ValueError(f"rebar_temperature must be positive and finite, got {temperature}")
+    if not math.isfinite(eta):
+        raise ValueError(f"rebar_eta must be finite, got {eta}")
+    return temperature, eta

@@ -4,13 +4,15 @@ Grammar: ``BASE[+OPTION...][:K]``, e.g. ``score``, ``score+rloo:8``, ``pathwise+
 ``score+akl``, ``score+b=7``, ``iwae-dreg:5``.
 
 - ``BASE``: ``score`` (score function), ``pathwise`` (reparameterization), ``measure`` (measure-valued,
-  :mod:`ppl_reparam.measure_valued`), ``iwae`` (importance-weighted bound, pathwise gradient),
+  :mod:`ppl_reparam.measure_valued`), ``rebar`` (REBAR at Bernoulli sites), ``iwae`` (importance-weighted
+  bound, pathwise gradient),
   ``iwae-vimco`` (VIMCO), ``iwae-dreg`` (doubly reparameterized).
 - ``OPTION``: ``akl`` (closed-form KL / entropy, estimator B), ``stl`` (sticking the landing,
   pathwise), ``anti`` / ``qmc`` (antithetic pairs / randomized quasi-Monte Carlo draws, pathwise, K >= 2:
   :mod:`ppl_reparam.noise`), ``rloo`` / ``ma`` / ``learned`` (leave-one-out, moving-average, learned
   baseline, score function), ``b=VALUE`` (constant baseline), ``indep`` (independent sides instead of
-  common random numbers, measure-valued).
+  common random numbers, measure-valued), ``t=T`` and ``eta=E`` (REBAR's temperature and control
+  weight, default 0.5 and 1).
 - ``K``: particles (samples) per estimate; default 1, or 5 for the IWAE bases.
 
 The discrete VAE also takes ``relaxed+t=T[:K]`` (:class:`RelaxedSpec`, :func:`parse_run_spec`): the
@@ -24,7 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-BASES = ("score", "pathwise", "measure", "iwae", "iwae-vimco", "iwae-dreg")
+BASES = ("score", "pathwise", "measure", "rebar", "iwae", "iwae-vimco", "iwae-dreg")
 IWAE_ESTIMATOR = {"iwae": "pathwise", "iwae-vimco": "score", "iwae-dreg": "dreg"}
 BASELINE_OPTIONS = {"rloo": "rloo", "ma": "moving_average", "learned": "learned"}
 NOISE_OPTIONS = {"anti": "antithetic", "qmc": "qmc"}
@@ -42,6 +44,7 @@ class EstimatorSpec:
     baseline: str | float | None = None
     noise: str | None = None
     coupling: bool = True
+    rebar: tuple[float, float] = (0.5, 1.0)
 
     @property
     def is_iwae(self) -> bool:
@@ -58,6 +61,10 @@ class EstimatorSpec:
         options = [name for name, on in flags if on]
         if self.noise:
             options.append({v: k for k, v in NOISE_OPTIONS.items()}[self.noise])
+        if self.rebar[0] != 0.5:
+            options.append(f"t={self.rebar[0]:g}")
+        if self.rebar[1] != 1.0:
+            options.append(f"eta={self.rebar[1]:g}")
         if isinstance(self.baseline, float):
             options.append(f"b={self.baseline:g}")
         elif self.baseline is not None:
@@ -97,13 +104,24 @@ def parse_spec(text: str) -> EstimatorSpec:
             fields["stl"] = True
         elif option == "indep":
             fields["coupling"] = False
+        elif option.startswith(("t=", "eta=")) and base == "rebar":
+            name, _, number = option.partition("=")
+            try:
+                value = float(number)
+            except ValueError:
+                raise ValueError(f"estimator spec {text!r}: {option!r} is not a number") from None
+            if not math.isfinite(value) or (name == "t" and value <= 0):
+                raise ValueError(f"estimator spec {text!r}: {option!r}: t must be positive, both finite")
+            t, eta = fields.get("rebar", (0.5, 1.0))
+            fields["rebar"] = (value, eta) if name == "t" else (t, value)
         elif option in NOISE_OPTIONS:
             if "noise" in fields:
                 raise ValueError(f"estimator spec {text!r}: anti and qmc both couple the particles; choose one")
             fields["noise"] = NOISE_OPTIONS[option]
         else:
             choices = ", ".join(sorted(OPTIONS))
-            raise ValueError(f"estimator spec {text!r}: unknown option {option!r}; choose from {choices} or b=VALUE")
+            raise ValueError(f"estimator spec {text!r}: unknown option {option!r}; choose from {choices}, "
+                             "b=VALUE, or t=T and eta=E (rebar)")
     spec = EstimatorSpec(base, particles, **fields)
     if spec.is_iwae and options:
         raise ValueError(f"estimator spec {text!r}: the IWAE bases take no options, only :K")
@@ -203,7 +221,7 @@ def parse_run_spec(text: str) -> RunSpec:
 
 
 def objective_of(spec: RunSpec) -> str:
-    """The objective a spec's gradient estimates: ``elbo`` (score, pathwise, measure, any baseline, akl, stl),
+    """The objective a spec's gradient estimates: ``elbo`` (score, pathwise, measure, rebar, any baseline, akl, stl),
     ``iwae:K`` or ``relaxed:T``. Two specs estimate the same gradient iff their objectives match."""
     if isinstance(spec, RelaxedSpec):
         return f"relaxed:{spec.temperature:g}"
@@ -218,6 +236,7 @@ class ElboClasses:
     pathwise: Callable[..., Any]
     iwae: Callable[..., Any]
     measure: Callable[..., Any]
+    rebar: Callable[..., Any]
 
 
 def build_elbo(
@@ -235,8 +254,11 @@ def build_elbo(
     spec = parse_spec(spec) if isinstance(spec, str) else spec
     if spec.is_iwae:
         return classes.iwae(spec.particles, IWAE_ESTIMATOR[spec.base], **(iwae_options or {}))
-    cls = {"score": classes.score, "pathwise": classes.pathwise, "measure": classes.measure}[spec.base]
-    coupling = {} if spec.coupling else {"coupling": False}
+    cls = {"score": classes.score, "pathwise": classes.pathwise, "measure": classes.measure,
+           "rebar": classes.rebar}[spec.base]
+    extra = {} if spec.coupling else {"coupling": False}
+    if spec.base == "rebar":
+        extra.update(rebar_temperature=spec.rebar[0], rebar_eta=spec.rebar[1])
     return cls(
         num_particles=spec.particles,
         analytic_kl=spec.analytic_kl,
@@ -244,7 +266,7 @@ def build_elbo(
         stl=spec.stl,
         antithetic=spec.noise == "antithetic",
         qmc=spec.noise == "qmc",
-        **coupling,
+        **extra,
         **(elbo_options or {}),
     )
 

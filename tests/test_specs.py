@@ -3,7 +3,7 @@
 import pytest
 
 from ppl_reparam.pyro.baselines import ConstantBaseline, LeaveOneOutBaseline
-from ppl_reparam.pyro.elbo import MeasureValuedELBO, PathwiseELBO, ScoreFunctionELBO
+from ppl_reparam.pyro.elbo import MeasureValuedELBO, PathwiseELBO, RebarELBO, ScoreFunctionELBO
 from ppl_reparam.pyro.iwae import IWAE
 from ppl_reparam.pyro.specs import make_elbo
 from ppl_reparam.specs import EstimatorSpec, parse_spec, parse_specs
@@ -11,7 +11,7 @@ from ppl_reparam.specs import EstimatorSpec, parse_spec, parse_specs
 
 @pytest.mark.parametrize("text", ["score", "pathwise", "score+akl", "score+rloo:8", "score+akl+b=7",
                                   "pathwise+stl:4", "iwae", "iwae-dreg:3", "iwae-vimco", "score+ma", "score+learned",
-                                  "measure", "measure+akl+indep:4"])
+                                  "measure", "measure+akl+indep:4", "rebar", "rebar+akl+t=2+eta=0.5:3"])
 def test_round_trip(text):
     assert str(parse_spec(text)) == text
 
@@ -35,6 +35,9 @@ def test_fields():
         ("score+indep", "indep applies to the measure-valued estimator only"),
         ("measure+rloo:4", "baselines apply to the score function only"),
         ("measure+anti:2", "anti and qmc apply to the pathwise estimator only"),
+        ("rebar+t=0", "t must be positive"),
+        ("rebar+eta=x", "'eta=x' is not a number"),
+        ("score+t=2", "unknown option 't=2'"),
         ("iwae+akl", "take no options"),
         ("", "no estimator spec"),
     ],
@@ -57,3 +60,5 @@ def test_make_elbo():
     measure = make_elbo("measure+akl+indep:3")
     assert isinstance(measure, MeasureValuedELBO) and measure.analytic_kl and not measure.coupling
     assert measure.num_particles == 3 and "coupling=False" in repr(measure)
+    rebar = make_elbo("rebar+t=2+eta=0.5")
+    assert isinstance(rebar, RebarELBO) and (rebar.rebar_temperature, rebar.rebar_eta) == (2.0, 0.5)

@@ -62,7 +62,9 @@ from numpyro.distributions import (
     ImproperUniform,
     Independent,
     MaskedDistribution,
+    distribution,
 )
+from numpyro.distributions.distribution import validation_enabled
 from numpyro.distributions.kl import kl_divergence
 from numpyro.handlers import replay, seed, substitute, trace
 from numpyro.infer.elbo import ELBO
@@ -71,6 +73,7 @@ from numpyro.util import check_model_guide_match
 
 from .. import surrogate as sg
 from ..forcing import check_estimator, check_named_sites, checking_sites
+from ..mc_gradients import check_rebar_options
 from ..noise import check_noise
 from . import measure_valued as mv
 from .baselines import STATE_PREFIX, Baseline, Context, make_baseline, subsampled_frames
@@ -83,6 +86,7 @@ from .handlers import (
     leaf_distribution,
     leaf_path,
 )
+from .mc_gradients import relaxed_pair
 
 
 class _JaxOps:
@@ -109,14 +113,15 @@ def sample_sites(tr: dict) -> list[dict]:
 
 
 def _is_score_site(site: dict) -> bool:
-    """A guide latent drawn without a reparameterized sampler: its gradient needs the score term
-    (measure-valued ones too, in :func:`_is_measure_site`'s stead)."""
+    """A guide latent drawn without a reparameterized sampler: its gradient needs the score term, or
+    the term of its own estimator (:func:`_elbo_term`)."""
     return is_guide_latent(site) and not site["fn"].has_rsample
 
 
-def _is_measure_site(site: dict) -> bool:
-    """A guide latent forced to the measure-valued estimator."""
-    return site["type"] == "sample" and getattr(site["fn"], "measure", False)
+def _elbo_term(site: dict) -> str | None:
+    """``"measure"`` or ``"rebar"`` at a guide latent forced to one of them (the ELBO adds its term),
+    else None."""
+    return getattr(site["fn"], "elbo_term", None) if site["type"] == "sample" else None
 
 
 def log_density(site: dict) -> jax.Array:
@@ -236,19 +241,23 @@ class EstimatorELBO(ELBO):
         antithetic: bool = False,
         qmc: bool = False,
         coupling: bool = True,
+        rebar_temperature: float = 0.5,
+        rebar_eta: float = 1.0,
     ):
         check_estimator(self.estimator)
         self.baseline = make_baseline(baseline)
-        if self.estimator == "measure" and self.baseline is not None:
+        if self.estimator in ("measure", "rebar") and self.baseline is not None:
             raise ValueError(
-                f"{type(self).__name__}: baselines apply to the score function; the measure-valued estimator "
-                "takes a difference of two runs, which a baseline would not change"
+                f"{type(self).__name__}: baselines apply to the score function; the {self.estimator} estimator "
+                "has its own control (a difference of two runs; REBAR's relaxation), which a baseline would not "
+                "add to"
             )
         self.sites = sg.check_options(num_particles, sites, self.baseline, stl, analytic_kl, vectorized=None)
         self.noise = check_noise(antithetic, qmc, num_particles, None, self.baseline)
         self.analytic_kl = bool(analytic_kl)
         self.stl = bool(stl)
         self.coupling = bool(coupling)
+        self.rebar_temperature, self.rebar_eta = check_rebar_options(rebar_temperature, rebar_eta)
         self.reruns = 0  # runs of guide and model the measure-valued sites took in the last traced particle
         super().__init__(num_particles=int(num_particles), vectorize_particles=vectorize_particles)
 
@@ -258,12 +267,14 @@ class EstimatorELBO(ELBO):
             f"vectorize_particles={self.vectorize_particles!r}, analytic_kl={self.analytic_kl}, "
             f"sites={self.sites!r}, baseline={self.baseline!r}, stl={self.stl}"
             + (f", {self.noise}=True" if self.noise else "")
-            + (", coupling=False)" if not self.coupling else ")")
+            + (", coupling=False" if not self.coupling else "")
+            + (f", rebar_temperature={self.rebar_temperature}, rebar_eta={self.rebar_eta})"
+               if (self.rebar_temperature, self.rebar_eta) != (0.5, 1.0) else ")")
         )
 
     def _config(self) -> tuple:
         return (type(self), self.num_particles, self.vectorize_particles, self.analytic_kl, self.sites,
-                self.baseline, self.stl, self.noise, self.coupling)
+                self.baseline, self.stl, self.noise, self.coupling, self.rebar_temperature, self.rebar_eta)
 
     # Equal options make equal ELBOs: the ELBO is a static argument of the jitted functions
     # (gradient_variance, SVI's update), so a fresh ELBO with the same options reuses their compiled code.
@@ -336,7 +347,7 @@ class EstimatorELBO(ELBO):
                 1.0 if s.node["scale"] is None else s.node["scale"],
             )
             for s in guide
-            if s.score and not _is_measure_site(s.node)
+            if s.score and _elbo_term(s.node) is None
         ]
         return terms, score_sites
 
@@ -357,7 +368,7 @@ class EstimatorELBO(ELBO):
         Each score-function sample is replaced by ``0 * sample + input``, so that it depends on its
         own input and on what its distribution's parameters depend on, as in NumPyro's
         ``TraceGraph_ELBO``."""
-        names = [s.name for s in score_sites] + [s["name"] for s in sample_sites(guide_trace) if _is_measure_site(s)]
+        names = [s.name for s in score_sites] + [s["name"] for s in sample_sites(guide_trace) if _elbo_term(s)]
         if self.analytic_kl:  # every latent, so that check_closed_forms sees every dependency
             names = [site["name"] for site in sample_sites(guide_trace) if is_guide_latent(site)]
         values = {name: guide_trace[name]["value"] for name in names}
@@ -401,7 +412,7 @@ class EstimatorELBO(ELBO):
         info["labels"] = [(t.site, describe((guide_trace.get(t.site) or model_trace[t.site])["fn"])) for t in terms]
         deps = []
         self.reruns = 0  # (at trace time: the reruns in the compiled graph, per particle)
-        measured = [site for site in sample_sites(guide_trace) if _is_measure_site(site)]
+        measured = [site for site in sample_sites(guide_trace) if _elbo_term(site)]
         if score_sites or measured or self.analytic_kl:
             args_ = (keys, param_map, model, guide, args, kwargs, score_sites, guide_trace, info.get("plates"))
             deps = self._dependencies(*args_)
@@ -414,7 +425,8 @@ class EstimatorELBO(ELBO):
             out["score"] = self._score_parts(score_sites, costs, guide_trace, info)
         for site in measured:
             traced = (model_trace, guide_trace, keys, param_map, model, guide, args, kwargs, info.get("plates"))
-            surrogate = surrogate + jnp.sum(self._measure_term(site, terms, deps, *traced))
+            own = self._measure_term if _elbo_term(site) == "measure" else self._rebar_term
+            surrogate = surrogate + jnp.sum(own(site, terms, deps, *traced))
         out["surrogate"] = jnp.sum(surrogate)
         out["mutable"] = {
             name: site["value"]
@@ -425,19 +437,21 @@ class EstimatorELBO(ELBO):
         return out
 
     # ------------------------------------------------------------------------- measure-valued
-    def _measure_term(
+    def _rerun_cost(
         self, site: dict, terms: list[sg.Term], deps: list[frozenset], model_trace: dict, guide_trace: dict,
         keys: tuple, param_map: dict, model: Callable, guide: Callable, args: tuple, kwargs: dict,
-        plates: dict | None,
-    ) -> jax.Array:
-        """The surrogate of a measure-valued site (:mod:`ppl_reparam.numpyro.measure_valued`): its cost is
-        the terms that depend on its sample, re-evaluated by rerunning guide and model."""
+        plates: dict | None, grad: bool,
+    ) -> tuple[Callable[[jax.Array], jax.Array], frozenset, jax.Array]:
+        """``(cost, plates, key)``: ``cost(value)`` reruns guide and model with the site set to ``value``
+        (the sites before it substituted, those after it drawn from one key for every call) and sums the
+        terms that depend on its sample, keeping the dims of ``plates`` (size 1 elsewhere; one extra
+        size-1 dim per event dim): the plates of the site in which every such term lies, so that each
+        element's cost is its own terms; ``grad`` keeps the gradient; ``key`` is the site's own for
+        other draws. As :meth:`ppl_reparam.pyro.elbo.EstimatorELBO._rerun_cost`."""
         name, fn = site["name"], site["fn"]
         frames = frozenset(site["cond_indep_stack"])
         batch_shape = fn.batch_shape
         downstream = [t for t, d in zip(terms, deps) if name in d]
-        # a plate's elements move together where every term downstream of the site lies in that plate (each
-        # element's cost is then its own terms); where one does not, they move one at a time
         plate_set = frozenset(
             f.dim for f in frames
             if -f.dim <= len(batch_shape) and batch_shape[f.dim] > 1 and all(f in t.frames for t in downstream)
@@ -456,7 +470,7 @@ class EstimatorELBO(ELBO):
             n: s["value"] for tr in (guide_trace, model_trace) for n, s in tr.items() if s["type"] == "plate"
         }
         subsamples.update(plates or {})
-        draw_key, guide_key, model_key = random.split(random.fold_in(keys[0], zlib.crc32(name.encode())), 3)
+        site_key, guide_key, model_key = random.split(random.fold_in(keys[0], zlib.crc32(name.encode())), 3)
 
         def cost(value: jax.Array) -> jax.Array:
             self.reruns += 1
@@ -465,18 +479,55 @@ class EstimatorELBO(ELBO):
             def replace(msg: dict) -> jax.Array | None:
                 return values.get(msg["name"]) if msg["type"] == "sample" else None
 
-            rerun = self._traces(
-                (guide_key, model_key), param_map, model, guide, args, kwargs, plates=subsamples, substitute_fn=replace
-            )
-            items = [(t.frames, t.signed) for t in self._terms(*rerun)[0] if (t.site, t.sign, t.closed_form) in keys_of]
+            # (relaxed values of a discrete site are outside its support: no validation for REBAR's reruns)
+            with validation_enabled(not grad and distribution._VALIDATION_ENABLED):
+                rerun = self._traces(
+                    (guide_key, model_key), param_map, model, guide, args, kwargs, plates=subsamples,
+                    substitute_fn=replace,
+                )
+                rerun_terms = self._terms(*rerun)[0]
+            items = [(t.frames, t.signed) for t in rerun_terms if (t.site, t.sign, t.closed_form) in keys_of]
             total = jnp.asarray(sg.sum_to(items, frames, OPS))
-            total = jnp.reshape(total, jnp.shape(total) + (1,) * event_dim)
-            return stop_gradient(sg.reduce_to(total, cost_shape, OPS))
+            total = sg.reduce_to(jnp.reshape(total, jnp.shape(total) + (1,) * event_dim), cost_shape, OPS)
+            return total if grad else stop_gradient(total)
 
+        return cost, plate_set, site_key
+
+    def _measure_term(self, site: dict, terms: list[sg.Term], deps: list[frozenset], *traced: Any) -> jax.Array:
+        """The surrogate of a measure-valued site (:mod:`ppl_reparam.numpyro.measure_valued`); ``traced``
+        as :meth:`_rerun_cost` takes them."""
+        fn = site["fn"]
+        cost, plate_set, key = self._rerun_cost(site, terms, deps, *traced, grad=False)
+        event_dim = len(fn.event_shape)
         leaf, transforms = leaf_path(fn)
         plate_dims = frozenset(d - event_dim for d in plate_set)
         value = stop_gradient(site["value"])
-        return mv.site_term(name, leaf, transforms, value, event_dim, plate_dims, cost, self.coupling, draw_key)
+        return mv.site_term(site["name"], leaf, transforms, value, event_dim, plate_dims, cost, self.coupling, key)
+
+    def _rebar_term(self, site: dict, terms: list[sg.Term], deps: list[frozenset], *traced: Any) -> jax.Array:
+        """The surrogate of a REBAR site, summed (:mod:`ppl_reparam.pyro.rebar` has the maths): its cost
+        from this trace, the control variate from reruns at the relaxed values."""
+        name, fn = site["name"], site["fn"]
+        frames = frozenset(site["cond_indep_stack"])
+        value = stop_gradient(site["value"])
+        log_q = _unmasked(fn).log_prob(value)
+        score = sg.ScoreSite(name, frames, log_q, 1.0 if site["scale"] is None else site["scale"])
+        f = sg.site_costs(terms, deps, [score], OPS)[name]
+        cost, _, key = self._rerun_cost(site, terms, deps, *traced, grad=True)
+        event = tuple(range(-len(fn.event_shape), 0))
+        logits = jnp.broadcast_to(leaf_path(fn)[0].logits, jnp.shape(value))
+        (uniforms,) = site["intermediates"]
+        tiny = jnp.finfo(jnp.result_type(float)).eps
+        v = jnp.clip(random.uniform(key, jnp.shape(value)), tiny, 1 - tiny)
+        _, z, z_tilde, _ = relaxed_pair(logits, uniforms, v)  # its bits are the site's: the same uniforms
+
+        def control(x: jax.Array) -> jax.Array:
+            c = cost(jax.nn.sigmoid(x / self.rebar_temperature))
+            return jnp.sum(c, event) if event else c
+
+        c_z, c_tilde = control(z), control(z_tilde)
+        weight = stop_gradient(f - self.rebar_eta * c_tilde)
+        return jnp.sum(log_q * weight) + self.rebar_eta * jnp.sum(c_z - c_tilde)
 
     def _score_parts(self, score_sites: list[sg.ScoreSite], costs: dict, guide_trace: dict, info: dict) -> dict:
         """For each score-function site: its log q, its unscaled cost and its scale, each of log q's
@@ -646,6 +697,18 @@ class MeasureValuedELBO(EstimatorELBO):
     """
 
     estimator = "measure"
+
+
+class RebarELBO(EstimatorELBO):
+    r"""A NumPyro ELBO whose gradient takes REBAR (Tucker et al. 2017) at every Bernoulli guide latent, as
+    Pyro's :class:`ppl_reparam.pyro.RebarELBO` (the maths in :mod:`ppl_reparam.pyro.rebar`): the control
+    variate is the site's own cost at the relaxed bits, from reruns traced into the loss.
+
+    :param rebar_temperature: :math:`\lambda` (default 0.5); ``rebar_eta``: :math:`\eta` (default 1).
+    Other options as :class:`ScoreFunctionELBO`'s, without baselines.
+    """
+
+    estimator = "rebar"
 
 
 class PathwiseELBO(EstimatorELBO):

@@ -8,9 +8,13 @@ A guide site's estimator is decided when it is sampled:
   in ``jax.lax.stop_gradient``; the ELBO then differentiates ``log q`` times the cost.
 - ``"measure"`` (measure-valued; Pflug 1989, Mohamed et al. 2020, section 6): drawn as for the score
   function; the ELBO reruns guide and model at the two sides of the weak derivative of each parameter
-  (:mod:`ppl_reparam.numpyro.measure_valued`). Only this package's ELBOs implement it; under another ELBO
-  (NumPyro's ``Trace_ELBO``) the site's ``log_prob`` raises a ValueError rather than letting a silently
-  biased gradient through.
+  (:mod:`ppl_reparam.numpyro.measure_valued`).
+- ``"rebar"`` (Tucker et al. 2017; Bernoulli sites): the bits are drawn as the sign of a logistic
+  relaxation, its uniforms kept as the site's intermediates; the ELBO adds REBAR's control variate
+  (:mod:`ppl_reparam.pyro.rebar` has the maths).
+
+Only this package's ELBOs implement the last two; under another ELBO (NumPyro's ``Trace_ELBO``) the
+site's ``log_prob`` raises a ValueError rather than letting a silently biased gradient through.
 
 NumPyro's ``has_rsample`` is a read-only property computed from the family's parameters, and NumPyro
 draws reparameterized samples whenever the family can. :func:`force_estimator` therefore wraps the
@@ -93,6 +97,17 @@ def _normal_path(fn: Distribution) -> tuple[Normal, list] | None:
     return (leaf, transforms) if isinstance(leaf, Normal) else None
 
 
+def check_rebar(name: str, fn: Distribution) -> None:
+    """Raise a ValueError naming the site if ``fn`` is not a Bernoulli under Independent, Masked and
+    Expanded wrappers (REBAR relaxes its bits)."""
+    leaf, transforms = leaf_path(fn)
+    if mv.family_of(leaf) != "Bernoulli" or transforms:
+        raise ValueError(
+            f"site {name!r}: REBAR relaxes Bernoulli bits, and {describe(fn)} is not a Bernoulli (under "
+            "Independent, Masked and Expanded wrappers). Use 'score' or 'measure' for this site."
+        )
+
+
 def check_measure(name: str, fn: Distribution) -> None:
     """Raise a ValueError naming the site if ``fn`` has no weak derivative here."""
     leaf, transforms = leaf_path(fn)
@@ -160,21 +175,24 @@ class EstimatorDistribution(Distribution):
     ``reparameterized=True``: samples are ``base_dist``'s own (reparameterized) samples (pathwise), or
     ``noise``'s coupled ones (:class:`ParticleNoise`); ``False``: samples are ``jax.lax.stop_gradient``
     of them, and sampling intermediates are dropped so that ``log_prob`` is recomputed from the value
-    (score function, or measure-valued with ``measure``: then ``log_prob`` raises a ValueError outside
-    this package's ELBOs). ``log_prob``, ``entropy``, support and shapes are those of ``base_dist``.
+    (score function, or measure-valued or REBAR with ``elbo_term``: then ``log_prob`` raises a ValueError
+    outside this package's ELBOs; REBAR's bits are the signs of a logistic relaxation, whose uniforms
+    are the sample's intermediates). ``log_prob``, ``entropy``, support and shapes are those of
+    ``base_dist``.
     """
 
     arg_constraints: dict = {}
     pytree_data_fields = ("base_dist", "noise")
-    pytree_aux_fields = ("reparameterized", "measure")
+    pytree_aux_fields = ("reparameterized", "elbo_term")
 
     def __init__(
-        self, base_dist: Distribution, reparameterized: bool, noise: ParticleNoise | None = None, measure: bool = False
+        self, base_dist: Distribution, reparameterized: bool, noise: ParticleNoise | None = None,
+        elbo_term: str | None = None,
     ):
         self.base_dist = base_dist
         self.reparameterized = bool(reparameterized)
         self.noise = noise
-        self.measure = bool(measure)
+        self.elbo_term = elbo_term
         super().__init__(base_dist.batch_shape, base_dist.event_shape, validate_args=False)
 
     @property
@@ -186,13 +204,27 @@ class EstimatorDistribution(Distribution):
         return self.base_dist.support
 
     def expand(self, batch_shape) -> EstimatorDistribution:
-        return EstimatorDistribution(self.base_dist.expand(batch_shape), self.reparameterized, self.noise, self.measure)
+        return EstimatorDistribution(
+            self.base_dist.expand(batch_shape), self.reparameterized, self.noise, self.elbo_term
+        )
+
+    @property
+    def measure(self) -> bool:
+        """Forced to the measure-valued estimator."""
+        return self.elbo_term == "measure"
 
     def sample_with_intermediates(self, key: jax.Array, sample_shape: tuple[int, ...] = ()):
         if self.reparameterized and self.noise is not None:
             return self.noise.sample(self.base_dist, key, sample_shape), []
         if self.reparameterized:
             return self.base_dist.sample_with_intermediates(key, sample_shape)
+        if self.elbo_term == "rebar":
+            logits = jax.lax.stop_gradient(leaf_path(self.base_dist)[0].logits)
+            shape = tuple(sample_shape) + self.batch_shape + self.event_shape
+            tiny = jnp.finfo(jnp.result_type(float)).eps
+            uniforms = jnp.clip(random.uniform(key, shape), tiny, 1 - tiny)
+            z = jnp.broadcast_to(logits, shape) + jnp.log(uniforms) - jnp.log1p(-uniforms)
+            return (z > 0).astype(jnp.result_type(float)), [uniforms]
         return jax.lax.stop_gradient(self.base_dist.sample(key, sample_shape)), []
 
     def sample(self, key: jax.Array, sample_shape: tuple[int, ...] = ()) -> jax.Array:
@@ -204,13 +236,14 @@ class EstimatorDistribution(Distribution):
         return self.sample(key, sample_shape)
 
     def log_prob(self, value: jax.Array, intermediates: list | None = None) -> jax.Array:
-        if self.measure and not mv.ALLOWED.get():
+        if self.elbo_term is not None and not mv.ALLOWED.get():
+            what = "measure-valued estimator" if self.measure else "REBAR estimator"
             raise ValueError(
-                "a site forced to the measure-valued estimator is differentiated only by this package's "
-                "ELBOs (MeasureValuedELBO, ScoreFunctionELBO, PathwiseELBO); use one of them, or another "
+                f"a site forced to the {what} is differentiated only by this package's ELBOs "
+                "(ScoreFunctionELBO, PathwiseELBO, MeasureValuedELBO, RebarELBO); use one of them, or another "
                 "estimator for the site"
             )
-        if intermediates:
+        if intermediates and self.elbo_term != "rebar":  # (REBAR's are its uniforms)
             return self.base_dist.log_prob(value, intermediates)
         return self.base_dist.log_prob(value)
 
@@ -256,9 +289,9 @@ def apply_estimator(
         )
     if estimator == "pathwise" and noise is not None:
         return EstimatorDistribution(fn, True, noise.at(name, fn))
-    if estimator == "measure":
-        check_measure(name, fn)
-        return EstimatorDistribution(fn, False, measure=True)
+    if estimator in ("measure", "rebar"):
+        (check_measure if estimator == "measure" else check_rebar)(name, fn)
+        return EstimatorDistribution(fn, False, elbo_term=estimator)
     return EstimatorDistribution(fn, reparameterized=estimator == "pathwise")
 
 

@@ -129,7 +129,7 @@ def pathwise_jacobians(
     return _pathwise(function, dist_builder, params, _keys(seed, num_samples))
 
 
-def _relaxed_pair(logits: jax.Array, u: jax.Array, v: jax.Array) -> tuple[jax.Array, ...]:
+def relaxed_pair(logits: jax.Array, u: jax.Array, v: jax.Array) -> tuple[jax.Array, ...]:
     """``(b, z, z_tilde, p)``: the bits, their logistic relaxation and its conditional resample given the
     bits (:mod:`ppl_reparam.mc_gradients`), differentiable in ``logits``."""
     p = jax.nn.sigmoid(logits)
@@ -147,11 +147,11 @@ def _relax(function: Function, control: Function, logits: jax.Array, keys: jax.A
     def one(key: jax.Array) -> jax.Array:
         tiny = jnp.finfo(logits.dtype).eps
         u, v = jnp.clip(random.uniform(key, (2, *logits.shape), logits.dtype), tiny, 1 - tiny)
-        b, _, z_tilde, p = _relaxed_pair(logits, u, v)
+        b, _, z_tilde, p = relaxed_pair(logits, u, v)
         weight = jax.lax.stop_gradient(_value(function, b) - _value(control, z_tilde))
 
         def controls(theta: jax.Array) -> jax.Array:
-            _, z, z_tilde, _ = _relaxed_pair(theta, u, v)
+            _, z, z_tilde, _ = relaxed_pair(theta, u, v)
             return _value(control, z) - _value(control, z_tilde)
 
         return weight * jax.lax.stop_gradient(b - p) + jax.grad(controls)(logits)

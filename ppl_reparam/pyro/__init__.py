@@ -3,7 +3,14 @@
 from .. import BACKEND_API
 from ..forcing import ESTIMATORS
 from .baselines import ConstantBaseline, LearnedBaseline, LeaveOneOutBaseline, MovingAverageBaseline
-from .elbo import JitPathwiseELBO, JitScoreFunctionELBO, MeasureValuedELBO, PathwiseELBO, ScoreFunctionELBO
+from .elbo import (
+    JitPathwiseELBO,
+    JitScoreFunctionELBO,
+    MeasureValuedELBO,
+    PathwiseELBO,
+    RebarELBO,
+    ScoreFunctionELBO,
+)
 from .guides import AmortizedNormal, MeanField
 from .handlers import EstimatorDistribution, force_estimator
 from .iwae import IWAE

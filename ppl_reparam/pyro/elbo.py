@@ -55,9 +55,11 @@ from .. import auto
 from .. import surrogate as sg
 from ..choice import Choice
 from ..forcing import check_estimator, check_named_sites, checking_sites
+from ..mc_gradients import check_rebar_options
 from ..noise import check_noise
 from ..stats import MIN_REPS
 from . import measure_valued as mv
+from . import rebar as rb
 from .baselines import Baseline, Context, make_baseline
 from .handlers import (
     EstimatorDistribution,
@@ -181,6 +183,8 @@ class EstimatorELBO(ELBO):
         antithetic: bool = False,
         qmc: bool = False,
         coupling: bool = True,
+        rebar_temperature: float = 0.5,
+        rebar_eta: float = 1.0,
         auto_every: int | None = None,
         auto_reps: int = 20,
         auto_seed: int = 0,
@@ -200,16 +204,18 @@ class EstimatorELBO(ELBO):
         self._steps = 0
         self.reruns = 0  # runs of guide and model the measure-valued sites took in the last trace
         self.baseline = make_baseline(baseline)
-        if self.estimator == "measure" and self.baseline is not None:
+        if self.estimator in ("measure", "rebar") and self.baseline is not None:
             raise ValueError(
-                f"{type(self).__name__}: baselines apply to the score function; the measure-valued estimator "
-                "takes a difference of two runs, which a baseline would not change"
+                f"{type(self).__name__}: baselines apply to the score function; the {self.estimator} estimator "
+                "has its own control (a difference of two runs; REBAR's relaxation), which a baseline would not "
+                "add to"
             )
         self.sites = sg.check_options(num_particles, sites, self.baseline, stl, analytic_kl, bool(vectorize_particles))
         self.noise = check_noise(antithetic, qmc, num_particles, bool(vectorize_particles), self.baseline)
         self.analytic_kl = bool(analytic_kl)
         self.stl = bool(stl)
         self.coupling = bool(coupling)
+        self.rebar_temperature, self.rebar_eta = check_rebar_options(rebar_temperature, rebar_eta)
         self._options = dict(
             max_plate_nesting=max_plate_nesting,
             vectorize_particles=vectorize_particles,
@@ -221,6 +227,8 @@ class EstimatorELBO(ELBO):
         )
         if not self.coupling:
             self._options["coupling"] = False
+        if (rebar_temperature, rebar_eta) != (0.5, 1.0):
+            self._options.update(rebar_temperature=rebar_temperature, rebar_eta=rebar_eta)
         if auto_every is not None or auto_reps != 20 or auto_seed:
             self._options.update(auto_every=auto_every, auto_reps=auto_reps, auto_seed=auto_seed)
         if self.noise is not None:
@@ -335,8 +343,8 @@ class EstimatorELBO(ELBO):
                 )
         finally:
             mv.ALLOWED.reset(allowed)
-        if any(getattr(site.get("fn"), "measure", False) for site in guide_trace.nodes.values()):
-            guide_trace.programs = (model, guide)  # what a measure-valued site reruns
+        if any(getattr(site.get("fn"), "elbo_term", None) for site in guide_trace.nodes.values()):
+            guide_trace.programs = (model, guide)  # what a measure-valued or REBAR site reruns
         check_named_sites(
             [forced.choices, *nested],
             (n for n, s in model_trace.nodes.items() if s["type"] == "sample"),
@@ -460,58 +468,98 @@ class EstimatorELBO(ELBO):
                 learned.append((site.name, unscaled, ctx))
             surrogate = surrogate + sg.per_particle(sg.score_term(site, cost, b, OPS), dim, OPS)
         for name, node in guide_trace.nodes.items():
-            if node["type"] == "sample" and getattr(node["fn"], "measure", False):
+            kind = getattr(node["fn"], "elbo_term", None) if node["type"] == "sample" else None
+            if kind == "measure":
                 term = self._measure_term(name, node, terms, deps, guide_trace, args, kwargs)
                 surrogate = surrogate + sg.per_particle(term, dim, OPS)
+            elif kind == "rebar":
+                for term in self._rebar_term(name, node, terms, deps, guide_trace, args, kwargs):
+                    surrogate = surrogate + sg.per_particle(term, dim, OPS)
         return _Particles(loss, torch.as_tensor(surrogate), terms, learned)
 
-    # ------------------------------------------------------------------------- measure-valued
-    def _measure_term(
+    # --------------------------------------------------------------- measure-valued and REBAR sites
+    def _rerun_cost(
         self, name: str, node: dict, terms: list[sg.Term], deps: list[frozenset], guide_trace: Trace,
-        args: tuple, kwargs: dict,
-    ) -> torch.Tensor:
-        """The surrogate of the measure-valued site ``name`` (:mod:`ppl_reparam.pyro.measure_valued`):
-        its cost is the terms that depend on its sample, re-evaluated by :meth:`_rerun`."""
+        args: tuple, kwargs: dict, grad: bool,
+    ) -> tuple[Callable[[torch.Tensor], torch.Tensor], frozenset]:
+        """``(cost, plates)``: ``cost(value)`` reruns guide and model with the site ``name`` set to
+        ``value`` (:meth:`_rerun`) and sums the terms that depend on its sample, keeping the dims of
+        ``plates`` (size 1 elsewhere; one extra size-1 dim per event dim): the plates of the site in which
+        every such term lies, so that each element's cost is its own terms. Every call of one ``cost``
+        draws the sites after ``name`` from the same random numbers; ``grad`` keeps the gradient."""
         if self.compiled:
             raise ValueError(
-                f"site {name!r}: the measure-valued estimator reruns guide and model, which a compiled graph "
-                f"cannot; use {type(self).__name__.removeprefix('Jit')} for it"
+                f"site {name!r}: the {node['fn'].elbo_term} estimator reruns guide and model, which a compiled "
+                f"graph cannot; use {type(self).__name__.removeprefix('Jit')} for it"
             )
         fn = node["fn"]
         frames = _frames(node)
         batch_shape = fn.batch_shape
         downstream = [t for t, d in zip(terms, deps) if name in d]
-        # a plate's elements move together where every term downstream of the site lies in that plate (each
-        # element's cost is then its own terms); where one does not, they move one at a time
         plates = frozenset(
             f.dim for f in frames
             if -f.dim <= len(batch_shape) and batch_shape[f.dim] > 1 and all(f in t.frames for t in downstream)
         )
         keys = {(t.site, t.sign, t.closed_form) for t in downstream}
-        cost_shape = tuple(n if i - len(batch_shape) in plates else 1 for i, n in enumerate(batch_shape))
-        cost_shape += (1,) * len(fn.event_shape)
+        shape = tuple(n if i - len(batch_shape) in plates else 1 for i, n in enumerate(batch_shape))
+        shape += (1,) * len(fn.event_shape)
         seed = int(torch.randint(0, 2**62, ()))
         programs = guide_trace.programs
 
         def cost(value: torch.Tensor) -> torch.Tensor:
             self.reruns += 1
-            rerun = self._rerun(programs, guide_trace, name, value, seed, args, kwargs)
+            rerun = self._rerun(programs, guide_trace, name, value, seed, args, kwargs, grad)
             items = [(t.frames, t.signed) for t in rerun if (t.site, t.sign, t.closed_form) in keys]
             total = torch.as_tensor(sg.sum_to(items, frames, OPS))
-            return sg.reduce_to(total.reshape(total.shape + (1,) * len(fn.event_shape)), cost_shape, OPS).detach()
+            total = sg.reduce_to(total.reshape(total.shape + (1,) * len(fn.event_shape)), shape, OPS)
+            return total if grad else total.detach()
 
+        return cost, plates
+
+    def _measure_term(
+        self, name: str, node: dict, terms: list[sg.Term], deps: list[frozenset], guide_trace: Trace,
+        args: tuple, kwargs: dict,
+    ) -> torch.Tensor:
+        """The surrogate of the measure-valued site ``name`` (:mod:`ppl_reparam.pyro.measure_valued`):
+        its cost is the terms that depend on its sample, re-evaluated by :meth:`_rerun`; a plate's
+        elements move together where its elements' costs are their own (:meth:`_rerun_cost`)."""
+        fn = node["fn"]
+        cost, plates = self._rerun_cost(name, node, terms, deps, guide_trace, args, kwargs, grad=False)
         leaf, transforms = leaf_path(fn)
         value = untrack(node["value"])
         plate_dims = frozenset(d - len(fn.event_shape) for d in plates)
         return mv.site_term(name, leaf, transforms, value, len(fn.event_shape), plate_dims, cost, self.coupling)
 
+    def _rebar_term(
+        self, name: str, node: dict, terms: list[sg.Term], deps: list[frozenset], guide_trace: Trace,
+        args: tuple, kwargs: dict,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The surrogate's two parts at the REBAR site ``name`` (:func:`ppl_reparam.pyro.rebar.site_terms`):
+        its cost from this trace, the control variate from reruns at the relaxed values."""
+        fn = node["fn"]
+        frames = _frames(node)
+        value = untrack(node["value"])
+        log_q = fn.base_dist.score_parts(value).score_function  # unscaled, as a score-function site's
+        site = sg.ScoreSite(name, frames, log_q, node["scale"])
+        f = sg.site_costs(terms, deps, [site], OPS)[name]
+        cost, _ = self._rerun_cost(name, node, terms, deps, guide_trace, args, kwargs, grad=True)
+        event = tuple(range(-len(fn.event_shape), 0))
+
+        def control(relaxed: torch.Tensor) -> torch.Tensor:
+            c = cost(relaxed)
+            return c.sum(event) if event else c
+
+        logits = leaf_path(fn)[0].logits.expand(value.shape)
+        return rb.site_terms(log_q, f, logits, fn.uniforms, control, self.rebar_eta, self.rebar_temperature)
+
     def _rerun(
         self, programs: tuple[Callable, Callable], guide_trace: Trace, name: str, value: torch.Tensor, seed: int,
-        args: tuple, kwargs: dict,
+        args: tuple, kwargs: dict, grad: bool = False,
     ) -> list[sg.Term]:
         """The loss terms of guide and model run again with the sites before ``name`` replayed, ``name``
         set to ``value`` and the sites after it drawn from torch's generator seeded with ``seed`` (the
-        caller's generator is left as it was)."""
+        caller's generator is left as it was); with ``grad``, with the gradient through ``value`` and
+        without validation (``value`` may be a relaxation of a discrete site's)."""
         model, guide = programs
         replayed = Trace()
         for n, site in guide_trace.nodes.items():
@@ -525,7 +573,8 @@ class EstimatorELBO(ELBO):
         try:
             with (
                 torch.random.fork_rng(devices=devices),
-                torch.no_grad(),
+                torch.enable_grad() if grad else torch.no_grad(),
+                pyro.validation_enabled(not grad and is_validation_enabled()),
                 checking_sites(),
                 warnings.catch_warnings(),
                 auto.resolving(auto.Resolution(self.auto)),
@@ -712,6 +761,21 @@ class MeasureValuedELBO(EstimatorELBO):
     """
 
     estimator = "measure"
+
+
+class RebarELBO(EstimatorELBO):
+    r"""A Pyro ELBO whose gradient takes REBAR (Tucker et al. 2017) at every Bernoulli guide latent: the
+    score function with the control variate :math:`\eta\, c(\sigma(z/\lambda))`, the site's own cost at
+    the relaxed bits, and its reparameterized correction (:mod:`ppl_reparam.pyro.rebar`). Unbiased for
+    the discrete ELBO; the model must accept values in (0, 1) at the bits. A site of another family is a
+    ValueError naming it (force ``"rebar"`` on the Bernoulli sites only, with ``sites=`` or
+    :func:`force_estimator`).
+
+    :param rebar_temperature: :math:`\lambda` (default 0.5); ``rebar_eta``: :math:`\eta` (default 1).
+    Other options as :class:`ScoreFunctionELBO`'s, without baselines; not compiled.
+    """
+
+    estimator = "rebar"
 
 
 class _Compiled:

@@ -8,8 +8,12 @@ A guide site's estimator is decided when it is sampled:
   ``sample`` and detached; the ELBO then differentiates ``log q`` times the cost.
 - ``"measure"`` (measure-valued; Pflug 1989, Mohamed et al. 2020, section 6): drawn as for the score
   function; the ELBO reruns guide and model at the two sides of the weak derivative of each parameter
-  (:mod:`ppl_reparam.pyro.measure_valued`). Only this package's ELBOs implement it; under another ELBO
-  (Pyro's ``Trace_ELBO``) such a site raises a ValueError rather than silently taking the score function.
+  (:mod:`ppl_reparam.pyro.measure_valued`).
+- ``"rebar"`` (Tucker et al. 2017; Bernoulli sites): the bits are drawn as the sign of a logistic
+  relaxation ``z``, kept with them; the ELBO adds REBAR's control variate (:mod:`ppl_reparam.pyro.rebar`).
+
+Only this package's ELBOs implement the last two; under another ELBO (Pyro's ``Trace_ELBO``) such a site
+raises a ValueError rather than silently taking the score function.
 
 Pyro cannot set ``has_rsample`` on ``Independent``, ``TransformedDistribution`` or masked
 distributions, and its plate broadcasting copies the flag onto expanded copies. Instead of setting the
@@ -86,6 +90,17 @@ def _normal_path(fn: torch.distributions.Distribution) -> tuple[torch.distributi
     return (leaf, transforms) if isinstance(leaf, torch.distributions.Normal) else None
 
 
+def check_rebar(name: str, fn: torch.distributions.Distribution) -> None:
+    """Raise a ValueError naming the site if ``fn`` is not a Bernoulli under Independent, Masked and
+    Expanded wrappers (REBAR relaxes its bits)."""
+    leaf, transforms = leaf_path(fn)
+    if not isinstance(leaf, torch.distributions.Bernoulli) or transforms:
+        raise ValueError(
+            f"site {name!r}: REBAR relaxes Bernoulli bits, and {describe(fn)} is not a Bernoulli (under "
+            "Independent, Masked and Expanded wrappers). Use 'score' or 'measure' for this site."
+        )
+
+
 def check_measure(name: str, fn: torch.distributions.Distribution) -> None:
     """Raise a ValueError naming the site if ``fn`` has no weak derivative here."""
     leaf, transforms = leaf_path(fn)
@@ -145,7 +160,8 @@ class EstimatorDistribution(TorchDistribution):
 
     ``reparameterized=True``: samples are ``base_dist.rsample()`` (pathwise), or from ``noise``'s coupled
     draws (:class:`ParticleNoise`); ``False``: samples are ``base_dist.sample()``, detached from autograd
-    and forward-mode tangents (score function, or measure-valued with ``measure``), and carry the site
+    and forward-mode tangents (score function, or measure-valued or REBAR with ``elbo_term``; REBAR's
+    bits are the signs of a logistic relaxation whose uniforms :attr:`uniforms` keeps), and carry the site
     names ``deps`` for provenance tracking (:mod:`ppl_reparam.pyro.provenance`; the ELBOs set it).
     ``log_prob``, ``entropy``, support and shapes are those of ``base_dist``.
     """
@@ -158,13 +174,14 @@ class EstimatorDistribution(TorchDistribution):
         reparameterized: bool,
         deps: frozenset = frozenset(),
         noise: ParticleNoise | None = None,
-        measure: bool = False,
+        elbo_term: str | None = None,
     ):
         self.base_dist = base_dist
         self.has_rsample = reparameterized
         self.deps = deps
         self.noise = noise
-        self.measure = measure
+        self.elbo_term = elbo_term
+        self.uniforms: torch.Tensor | None = None
         super().__init__(base_dist.batch_shape, base_dist.event_shape, validate_args=False)
 
     @property
@@ -173,13 +190,30 @@ class EstimatorDistribution(TorchDistribution):
 
     def expand(self, batch_shape, _instance=None) -> EstimatorDistribution:
         return EstimatorDistribution(
-            self.base_dist.expand(batch_shape), self.has_rsample, self.deps, self.noise, self.measure
+            self.base_dist.expand(batch_shape), self.has_rsample, self.deps, self.noise, self.elbo_term
         )
+
+    @property
+    def measure(self) -> bool:
+        """Forced to the measure-valued estimator."""
+        return self.elbo_term == "measure"
 
     def sample(self, sample_shape: torch.Size = _EMPTY) -> torch.Tensor:
         with torch.no_grad():
-            value = self.base_dist.sample(sample_shape).detach()
+            if self.elbo_term == "rebar":
+                value = self._relaxed_bits(torch.Size(sample_shape))
+            else:
+                value = self.base_dist.sample(sample_shape).detach()
         return track(value, self.deps) if self.deps else value
+
+    def _relaxed_bits(self, sample_shape: torch.Size) -> torch.Tensor:
+        """Bernoulli bits as the signs of :math:`z = \theta + \\log u - \\log(1 - u)`, keeping ``u``."""
+        logits = leaf_path(self.base_dist)[0].logits.detach()
+        shape = sample_shape + self.batch_shape + self.event_shape
+        finfo = torch.finfo(logits.dtype)
+        self.uniforms = torch.rand(shape, dtype=logits.dtype, device=logits.device).clamp(finfo.tiny, 1 - finfo.eps)
+        z = logits.expand(shape) + torch.log(self.uniforms) - torch.log1p(-self.uniforms)
+        return (z > 0).to(logits.dtype)
 
     def rsample(self, sample_shape: torch.Size = _EMPTY) -> torch.Tensor:
         if not self.has_rsample:
@@ -195,14 +229,15 @@ class EstimatorDistribution(TorchDistribution):
         """Pathwise: the wrapped family's own parts where it draws with ``rsample`` (a partially
         reparameterized sampler, such as a rejection sampler, keeps its score-function correction), else
         ``log_prob`` as the entropy term and no score; score function: ``log_prob`` as the score and no
-        entropy term; measure-valued: neither (the ELBO adds its own term), and a ValueError outside
-        this package's ELBOs."""
-        if self.measure:
+        entropy term; measure-valued and REBAR: neither (the ELBO adds its own term), and a ValueError
+        outside this package's ELBOs."""
+        if self.elbo_term is not None:
             if not mv.ALLOWED.get():
+                what = "measure-valued estimator" if self.measure else "REBAR estimator"
                 raise ValueError(
-                    "a site forced to the measure-valued estimator is differentiated only by this package's "
-                    "ELBOs (MeasureValuedELBO, ScoreFunctionELBO, PathwiseELBO); use one of them, or another "
-                    "estimator for the site"
+                    f"a site forced to the {what} is differentiated only by this package's ELBOs "
+                    "(ScoreFunctionELBO, PathwiseELBO, MeasureValuedELBO, RebarELBO); use one of them, or "
+                    "another estimator for the site"
                 )
             return ScoreParts(log_prob=self.log_prob(value), score_function=0, entropy_term=0)
         if self.has_rsample and self.base_dist.has_rsample:
@@ -249,9 +284,9 @@ def apply_estimator(
         )
     if isinstance(fn, EstimatorDistribution):
         fn = fn.base_dist
-    if estimator == "measure":
-        check_measure(name, fn)
-        return EstimatorDistribution(fn, False, frozenset((name,)) if track else frozenset(), measure=True)
+    if estimator in ("measure", "rebar"):
+        (check_measure if estimator == "measure" else check_rebar)(name, fn)
+        return EstimatorDistribution(fn, False, frozenset((name,)) if track else frozenset(), elbo_term=estimator)
     pathwise = estimator == "pathwise"
     if pathwise and noise is not None:
         noise.check(name, fn)

@@ -108,7 +108,7 @@ def pathwise_jacobians(
     return _jacobian(_values(function, x, num_samples).sum(), rows)
 
 
-def _relaxed_pair(logits: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def relaxed_pair(logits: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """``(b, z, z_tilde, p)``: the bits, their logistic relaxation and its conditional resample given the
     bits (:mod:`ppl_reparam.mc_gradients`), differentiable in ``logits``."""
     p = torch.sigmoid(logits)
@@ -137,7 +137,7 @@ def relax_jacobians(
         torch.manual_seed(seed)
         u = torch.rand(rows.shape, dtype=rows.dtype).clamp(1e-12, 1 - 1e-12)
         v = torch.rand(rows.shape, dtype=rows.dtype).clamp(1e-12, 1 - 1e-12)
-    b, z, z_tilde, p = _relaxed_pair(rows, u, v)
+    b, z, z_tilde, p = relaxed_pair(rows, u, v)
     c_tilde = _values(control, z_tilde, num_samples)
     weight = (_values(function, b, num_samples) - c_tilde).detach()
     score = weight.unsqueeze(-1) * (b - p).detach()
