@@ -136,6 +136,23 @@ def choose_sites(
     return choices, log
 
 
+def candidates(
+    name: str, fn: Any, can_rsample: Callable[[Any], bool], check_measure: Callable[[str, Any], None]
+) -> list[str]:
+    """The estimators that apply at the site ``name`` with distribution ``fn``: pathwise where the
+    backend's ``can_rsample`` says so, the score function always, the measure-valued one where the
+    backend's ``check_measure`` does not raise. (REBAR is not offered: it needs a model that takes
+    relaxed values at the bits, which cannot be checked here.)"""
+    found = ["pathwise"] if can_rsample(fn) else []
+    found.append("score")
+    try:
+        check_measure(name, fn)
+        found.append("measure")
+    except ValueError:
+        pass
+    return found
+
+
 def evaluations(particles: int, reruns: int) -> int:
     """Runs of guide and model an estimate costs: one per particle, and each measure-valued site's
     reruns (:mod:`ppl_reparam.measure_valued`) on top, per particle."""

@@ -281,6 +281,47 @@ def site_costs(
     return costs
 
 
+@dataclass(frozen=True)
+class RerunLayout:
+    """How a site whose estimator reruns guide and model (measure-valued, REBAR) reads its cost there.
+
+    :param plates: the (negative) batch dims of the site's plates in which every term that depends on
+        its sample lies: their elements' costs are their own terms, so they may move together.
+    :param keys: the terms to sum in a rerun, as ``(site, sign, closed_form)``.
+    :param shape: the cost's shape: the site's batch shape with size 1 outside ``plates``, then
+        ``event_dim`` dims of size 1.
+    """
+
+    plates: frozenset
+    keys: frozenset
+    shape: tuple[int, ...]
+    event_dim: int
+
+
+def rerun_layout(
+    name: str, frames: frozenset, batch_shape: tuple[int, ...], event_dim: int,
+    terms: Sequence[Term], deps: Sequence[frozenset],
+) -> RerunLayout:
+    """The :class:`RerunLayout` of the site ``name`` with ``frames`` and shapes, from the loss terms and
+    the sites each depends on (:func:`site_costs`'s ``deps``)."""
+    downstream = [t for t, d in zip(terms, deps) if name in d]
+    plates = frozenset(
+        f.dim for f in frames
+        if -f.dim <= len(batch_shape) and batch_shape[f.dim] > 1 and all(f in t.frames for t in downstream)
+    )
+    shape = tuple(n if i - len(batch_shape) in plates else 1 for i, n in enumerate(batch_shape))
+    keys = frozenset((t.site, t.sign, t.closed_form) for t in downstream)
+    return RerunLayout(plates, keys, shape + (1,) * event_dim, event_dim)
+
+
+def rerun_cost(layout: RerunLayout, frames: frozenset, terms: Iterable[Term], ops: ArrayOps) -> Array:
+    """A rerun's cost of the site with ``frames``: the ``terms`` that ``layout`` keeps, summed to its
+    plates, then to ``layout.shape``."""
+    total = sum_to(((t.frames, t.signed) for t in terms if (t.site, t.sign, t.closed_form) in layout.keys), frames, ops)
+    total = ops.reshape(total, ops.shape(total) + (1,) * layout.event_dim)
+    return reduce_to(total, layout.shape, ops)
+
+
 def unscaled(cost: Array, scale: Array | float, ops: ArrayOps) -> Array:
     """:math:`c_s / \\sigma_s`, what a baseline predicts; 0 where the scale is 0 (a fully masked or
     zero-weight site, whose cost is 0 too)."""

@@ -74,7 +74,7 @@ def test_errors():
         RebarELBO().differentiable_loss(toy.model, toy.guide)
     with pytest.raises(ValueError, match="REBAR estimator is differentiated only by this package's ELBOs"):
         Trace_ELBO().differentiable_loss(model, force_estimator(guide, "rebar"))
-    with pytest.raises(ValueError, match="site 'b': the rebar estimator reruns guide and model"):
+    with pytest.raises(ValueError, match="site 'b': the REBAR estimator reruns guide and model"):
         JitPathwiseELBO().loss_and_grads(model, force_estimator(guide, "rebar"))
     with pytest.raises(ValueError, match="baselines apply to the score function"):
         RebarELBO(baseline="ma")

@@ -42,16 +42,8 @@ class ResolvedGuide:
 
 
 def candidates(name: str, fn: Any) -> list[str]:
-    """The estimators that apply at a site: pathwise (a reparameterized sampler), score, measure (a
-    weak derivative here)."""
-    found = ["pathwise"] if can_rsample(fn) else []
-    found.append("score")
-    try:
-        check_measure(name, fn)
-        found.append("measure")
-    except ValueError:
-        pass
-    return found
+    """The estimators that apply at a site (:func:`ppl_reparam.auto.candidates`)."""
+    return auto.candidates(name, fn, can_rsample, check_measure)
 
 
 def choose_site_estimators(

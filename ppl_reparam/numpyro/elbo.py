@@ -450,16 +450,7 @@ class EstimatorELBO(ELBO):
         other draws. As :meth:`ppl_reparam.pyro.elbo.EstimatorELBO._rerun_cost`."""
         name, fn = site["name"], site["fn"]
         frames = frozenset(site["cond_indep_stack"])
-        batch_shape = fn.batch_shape
-        downstream = [t for t, d in zip(terms, deps) if name in d]
-        plate_set = frozenset(
-            f.dim for f in frames
-            if -f.dim <= len(batch_shape) and batch_shape[f.dim] > 1 and all(f in t.frames for t in downstream)
-        )
-        keys_of = {(t.site, t.sign, t.closed_form) for t in downstream}
-        event_dim = len(fn.event_shape)
-        cost_shape = tuple(n if i - len(batch_shape) in plate_set else 1 for i, n in enumerate(batch_shape))
-        cost_shape += (1,) * event_dim
+        layout = sg.rerun_layout(name, frames, fn.batch_shape, len(fn.event_shape), terms, deps)
         data = {}
         for n, s in guide_trace.items():
             if s["type"] == "sample":
@@ -486,12 +477,10 @@ class EstimatorELBO(ELBO):
                     substitute_fn=replace,
                 )
                 rerun_terms = self._terms(*rerun)[0]
-            items = [(t.frames, t.signed) for t in rerun_terms if (t.site, t.sign, t.closed_form) in keys_of]
-            total = jnp.asarray(sg.sum_to(items, frames, OPS))
-            total = sg.reduce_to(jnp.reshape(total, jnp.shape(total) + (1,) * event_dim), cost_shape, OPS)
+            total = sg.rerun_cost(layout, frames, rerun_terms, OPS)
             return total if grad else stop_gradient(total)
 
-        return cost, plate_set, site_key
+        return cost, layout.plates, site_key
 
     def _measure_term(self, site: dict, terms: list[sg.Term], deps: list[frozenset], *traced: Any) -> jax.Array:
         """The surrogate of a measure-valued site (:mod:`ppl_reparam.numpyro.measure_valued`); ``traced``

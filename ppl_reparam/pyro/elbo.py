@@ -74,7 +74,8 @@ from .handlers import (
 )
 from .provenance import deps_of, untrack
 
-_PARTICLE_PLATE = "num_particles_vectorized"  # the name Pyro's ELBO gives its particle plate
+_PARTICLE_PLATE = "num_particles_vectorized"
+_TERM_NAMES = {"measure": "measure-valued estimator", "rebar": "REBAR estimator"}  # the name Pyro's ELBO gives its particle plate
 
 
 class _TorchOps:
@@ -249,17 +250,10 @@ class EstimatorELBO(ELBO):
         return copy
 
     # ------------------------------------------------------------------------------- "auto" sites
-    def _auto_candidates(self, name: str, fn: torch.distributions.Distribution) -> list[str]:
-        """The estimators that apply at a site: pathwise (with ``rsample``), score, measure (with a weak
-        derivative here)."""
-        found = ["pathwise"] if can_rsample(fn) else []
-        found.append("score")
-        try:
-            check_measure(name, fn)
-            found.append("measure")
-        except ValueError:
-            pass
-        return found
+    @staticmethod
+    def _auto_candidates(name: str, fn: torch.distributions.Distribution) -> list[str]:
+        """The estimators that apply at a site (:func:`ppl_reparam.auto.candidates`)."""
+        return auto.candidates(name, fn, can_rsample, check_measure)
 
     def _choose_auto(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> None:
         """Choose the estimator of every ``"auto"`` site (:mod:`ppl_reparam.auto`): one run of the guide
@@ -489,32 +483,22 @@ class EstimatorELBO(ELBO):
         draws the sites after ``name`` from the same random numbers; ``grad`` keeps the gradient."""
         if self.compiled:
             raise ValueError(
-                f"site {name!r}: the {node['fn'].elbo_term} estimator reruns guide and model, which a compiled "
-                f"graph cannot; use {type(self).__name__.removeprefix('Jit')} for it"
+                f"site {name!r}: the {_TERM_NAMES[node['fn'].elbo_term]} reruns guide and model, which a "
+                f"compiled graph cannot; use {type(self).__name__.removeprefix('Jit')} for it"
             )
         fn = node["fn"]
         frames = _frames(node)
-        batch_shape = fn.batch_shape
-        downstream = [t for t, d in zip(terms, deps) if name in d]
-        plates = frozenset(
-            f.dim for f in frames
-            if -f.dim <= len(batch_shape) and batch_shape[f.dim] > 1 and all(f in t.frames for t in downstream)
-        )
-        keys = {(t.site, t.sign, t.closed_form) for t in downstream}
-        shape = tuple(n if i - len(batch_shape) in plates else 1 for i, n in enumerate(batch_shape))
-        shape += (1,) * len(fn.event_shape)
+        layout = sg.rerun_layout(name, frames, fn.batch_shape, len(fn.event_shape), terms, deps)
         seed = int(torch.randint(0, 2**62, ()))
         programs = guide_trace.programs
 
         def cost(value: torch.Tensor) -> torch.Tensor:
             self.reruns += 1
             rerun = self._rerun(programs, guide_trace, name, value, seed, args, kwargs, grad)
-            items = [(t.frames, t.signed) for t in rerun if (t.site, t.sign, t.closed_form) in keys]
-            total = torch.as_tensor(sg.sum_to(items, frames, OPS))
-            total = sg.reduce_to(total.reshape(total.shape + (1,) * len(fn.event_shape)), shape, OPS)
+            total = torch.as_tensor(sg.rerun_cost(layout, frames, rerun, OPS))
             return total if grad else total.detach()
 
-        return cost, plates
+        return cost, layout.plates
 
     def _measure_term(
         self, name: str, node: dict, terms: list[sg.Term], deps: list[frozenset], guide_trace: Trace,
