@@ -331,8 +331,11 @@ def force_estimator(guide: Callable, estimator: str, sites: Iterable[str] | None
 
     :param guide: any NumPyro guide: a function or an AutoGuide.
     :param estimator: ``"score"`` (score function / REINFORCE: samples under ``stop_gradient``,
-        gradient through ``log q``) or ``"pathwise"`` (reparameterized samples; raises a ValueError
-        naming the site for a family without a reparameterized sampler, e.g. Bernoulli).
+        gradient through ``log q``), ``"pathwise"`` (reparameterized samples; raises a ValueError
+        naming the site for a family without a reparameterized sampler, e.g. Bernoulli), ``"measure"``
+        (measure-valued), ``"rebar"`` (REBAR, Bernoulli sites) or ``"auto"`` (resolved first by
+        :func:`~ppl_reparam.numpyro.choose_site_estimators`); the last three only under this package's
+        ELBOs.
     :param sites: names of the sites to force; these override a site's own
         ``infer={"estimator": ...}``. With ``sites=None`` every latent site gets ``estimator`` except
         those that ask for one with ``infer``. A named site the guide never samples is an error.

@@ -74,8 +74,8 @@ from .handlers import (
 )
 from .provenance import deps_of, untrack
 
-_PARTICLE_PLATE = "num_particles_vectorized"
-_TERM_NAMES = {"measure": "measure-valued estimator", "rebar": "REBAR estimator"}  # the name Pyro's ELBO gives its particle plate
+_PARTICLE_PLATE = "num_particles_vectorized"  # the name Pyro's ELBO gives its particle plate
+_TERM_NAMES = {"measure": "measure-valued estimator", "rebar": "REBAR estimator"}
 
 
 class _TorchOps:

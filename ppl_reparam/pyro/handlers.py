@@ -336,8 +336,10 @@ def force_estimator(guide: Callable, estimator: str, sites: Iterable[str] | None
 
     :param guide: any Pyro guide: a function, a ``PyroModule``, an AutoGuide.
     :param estimator: ``"score"`` (score function / REINFORCE: samples detached, gradient through
-        ``log q``) or ``"pathwise"`` (reparameterized ``rsample``; raises a ValueError naming the site
-        for a family without ``rsample``, e.g. Bernoulli).
+        ``log q``), ``"pathwise"`` (reparameterized ``rsample``; raises a ValueError naming the site
+        for a family without ``rsample``, e.g. Bernoulli), ``"measure"`` (measure-valued), ``"rebar"``
+        (REBAR, Bernoulli sites) or ``"auto"`` (chosen by measurement, :mod:`ppl_reparam.auto`); the
+        last three only under this package's ELBOs.
     :param sites: names of the sites to force; these override a site's own
         ``infer={"estimator": ...}``. With ``sites=None`` every latent site gets ``estimator`` except
         those that ask for one with ``infer``. A named site the guide never samples is an error.
