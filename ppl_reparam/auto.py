@@ -25,8 +25,7 @@ measure it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import replace
 from typing import Any
@@ -70,14 +69,20 @@ class Resolution:
 _RESOLUTION: ContextVar[Resolution | None] = ContextVar("auto_resolution", default=None)
 
 
-@contextmanager
-def resolving(resolution: Resolution) -> Iterator[Resolution]:
+class resolving:  # noqa: N801 (a context manager, used as a function)
     """Resolve ``"auto"`` sites with ``resolution`` inside the block (the ELBOs' guide runs)."""
-    token = _RESOLUTION.set(resolution)
-    try:
-        yield resolution
-    finally:
-        _RESOLUTION.reset(token)
+
+    __slots__ = ("resolution", "token")
+
+    def __init__(self, resolution: Resolution):
+        self.resolution = resolution
+
+    def __enter__(self) -> Resolution:
+        self.token = _RESOLUTION.set(self.resolution)
+        return self.resolution
+
+    def __exit__(self, *exc: object) -> None:
+        _RESOLUTION.reset(self.token)
 
 
 def resolve(name: str, fn: Any) -> str:

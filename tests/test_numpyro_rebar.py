@@ -74,3 +74,6 @@ def test_errors():
         Trace_ELBO().loss(jax.random.PRNGKey(0), {}, model, force_estimator(guide, "rebar"))
     with pytest.raises(ValueError, match="baselines apply to the score function"):
         RebarELBO(baseline="ma")
+    given = numpyro.handlers.substitute(guide, data={"b": jnp.ones((2, 3))})
+    with pytest.raises(ValueError, match="site 'b': REBAR needs the bits its own sampler drew"):
+        jax.grad(lambda p: RebarELBO().loss(jax.random.PRNGKey(0), p, model, given))({"l": LOGITS})

@@ -80,3 +80,7 @@ def test_errors():
         RebarELBO(baseline="ma")
     with pytest.raises(ValueError, match="rebar_temperature must be positive"):
         RebarELBO(rebar_temperature=0.0)
+    pyro.clear_param_store()
+    replayed = pyro.poutine.replay(guide, trace=pyro.poutine.trace(guide).get_trace())
+    with pytest.raises(ValueError, match="site 'b': REBAR needs the bits its own sampler drew"):
+        RebarELBO().differentiable_loss(model, replayed)

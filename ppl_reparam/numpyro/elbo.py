@@ -505,6 +505,11 @@ class EstimatorELBO(ELBO):
         cost, _, key = self._rerun_cost(site, terms, deps, *traced, grad=True)
         event = tuple(range(-len(fn.event_shape), 0))
         logits = jnp.broadcast_to(leaf_path(fn)[0].logits, jnp.shape(value))
+        if len(site["intermediates"]) != 1 or jnp.shape(site["intermediates"][0]) != jnp.shape(value):
+            raise ValueError(
+                f"site {name!r}: REBAR needs the bits its own sampler drew (with their relaxation's uniforms), but "
+                "the value was given (replayed, substituted or conditioned); use 'score' or 'measure' for this site"
+            )
         (uniforms,) = site["intermediates"]
         tiny = jnp.finfo(jnp.result_type(float)).eps
         v = jnp.clip(random.uniform(key, jnp.shape(value)), tiny, 1 - tiny)

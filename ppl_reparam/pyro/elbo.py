@@ -76,6 +76,10 @@ from .provenance import deps_of, untrack
 
 _PARTICLE_PLATE = "num_particles_vectorized"  # the name Pyro's ELBO gives its particle plate
 _TERM_NAMES = {"measure": "measure-valued estimator", "rebar": "REBAR estimator"}
+_GIVEN_BITS = (
+    "site {name!r}: REBAR needs the bits its own sampler drew (with their relaxation's uniforms), but the "
+    "value was given (replayed, substituted or conditioned); use 'score' or 'measure' for this site"
+)
 
 
 class _TorchOps:
@@ -337,8 +341,9 @@ class EstimatorELBO(ELBO):
                 )
         finally:
             mv.ALLOWED.reset(allowed)
-        if any(getattr(site.get("fn"), "elbo_term", None) for site in guide_trace.nodes.values()):
-            guide_trace.programs = (model, guide)  # what a measure-valued or REBAR site reruns
+        # the sites that add a term of their own (measure-valued, REBAR), and what they rerun
+        guide_trace.own_terms = [(n, guide_trace.nodes[n]) for n in dict.fromkeys(forced.own_terms)]
+        guide_trace.programs = (model, guide)
         check_named_sites(
             [forced.choices, *nested],
             (n for n, s in model_trace.nodes.items() if s["type"] == "sample"),
@@ -461,8 +466,8 @@ class EstimatorELBO(ELBO):
                 b = self.baseline.value(site.name, unscaled, ctx)
                 learned.append((site.name, unscaled, ctx))
             surrogate = surrogate + sg.per_particle(sg.score_term(site, cost, b, OPS), dim, OPS)
-        for name, node in guide_trace.nodes.items():
-            kind = getattr(node["fn"], "elbo_term", None) if node["type"] == "sample" else None
+        for name, node in getattr(guide_trace, "own_terms", ()):
+            kind = node["fn"].elbo_term
             if kind == "measure":
                 term = self._measure_term(name, node, terms, deps, guide_trace, args, kwargs)
                 surrogate = surrogate + sg.per_particle(term, dim, OPS)
@@ -523,6 +528,8 @@ class EstimatorELBO(ELBO):
         fn = node["fn"]
         frames = _frames(node)
         value = untrack(node["value"])
+        if fn.uniforms is None or fn.uniforms.shape != value.shape:
+            raise ValueError(_GIVEN_BITS.format(name=name))
         log_q = fn.base_dist.score_parts(value).score_function  # unscaled, as a score-function site's
         site = sg.ScoreSite(name, frames, log_q, node["scale"])
         f = sg.site_costs(terms, deps, [site], OPS)[name]

@@ -312,6 +312,7 @@ class ForceEstimatorMessenger(Messenger):
         self.choices = SiteChoices(estimator, sites)
         self.track = track
         self.noise = noise
+        self.own_terms: list[str] = []  # the sites forced to an estimator that adds a term of its own
 
     def _pyro_sample(self, msg: dict) -> None:
         if not is_guide_latent(msg):
@@ -325,6 +326,8 @@ class ForceEstimatorMessenger(Messenger):
             if not (estimator == "pathwise" and self.noise is None and msg["fn"].has_rsample):
                 # (a site that already draws with rsample is pathwise as it is: no wrapper to pay for)
                 msg["fn"] = apply_estimator(msg["name"], msg["fn"], estimator, self.track, self.noise)
+                if estimator in ("measure", "rebar"):
+                    self.own_terms.append(msg["name"])
             # Record the choice as the site's own request, so that an enclosing handler (an ELBO's
             # blanket estimator) respects it; only sites named there override it.
             msg["infer"] = {**msg["infer"], "estimator": estimator}
