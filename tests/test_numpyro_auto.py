@@ -53,3 +53,20 @@ def test_an_unresolved_auto_site_says_what_to_do():
     model, guide = _bits()
     with pytest.raises(ValueError, match="choose_site_estimators"):
         ScoreFunctionELBO().loss(jax.random.PRNGKey(0), {}, model, guide)
+
+
+def test_a_corpus_model_with_every_site_auto():
+    """A discrete + continuous corpus model with every site "auto": resolved, and a finite training step."""
+    import math
+
+    import corpus_numpyro
+
+    (case,) = [c for c in corpus_numpyro.CORPUS if c.name == "bernoulli_and_normal"]
+    model, guide = corpus_numpyro.fresh(case)
+    resolved = choose_site_estimators(ScoreFunctionELBO(), model, force_estimator(guide, "auto"), *case.args,
+                                      num_reps=5, **case.kwargs)
+    assert set(resolved.estimators) == {"b", "z"} and resolved.estimators["b"] != "pathwise"
+    svi = SVI(model, resolved, Adam(0.01), ScoreFunctionELBO())
+    state = svi.init(jax.random.PRNGKey(0), *case.args, **case.kwargs)
+    _, loss = svi.update(state, *case.args, **case.kwargs)
+    assert math.isfinite(float(loss))

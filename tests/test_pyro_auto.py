@@ -103,3 +103,23 @@ def test_errors():
         PathwiseELBO(auto_reps=2)
     with pytest.raises(ValueError, match="unknown estimator 'automatic'.*'auto' \\(chosen by measurement\\)"):
         force_estimator(toy.guide, "automatic")
+
+
+def test_the_corpus_runs_with_every_site_auto():
+    """Every corpus model (plates, subsampling, Markov chains, AutoGuides, Pyro's examples) with every
+    guide site "auto": two finite steps, each site given one of the estimators that apply there."""
+    import math
+
+    import corpus_pyro
+
+    for case in corpus_pyro.CORPUS:
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        model, guide = corpus_pyro.fresh(case)
+        nesting = {} if case.max_plate_nesting is None else {"max_plate_nesting": case.max_plate_nesting}
+        elbo = ScoreFunctionELBO(auto_reps=5, **nesting)
+        for _ in range(2):
+            loss = elbo.loss_and_grads(model, force_estimator(guide, "auto"), *case.args, **case.kwargs)
+            assert math.isfinite(loss), case.name
+        assert elbo.auto and set(elbo.auto.values()) <= {"pathwise", "score", "measure"}, case.name
+        assert [r["site"] for r in elbo.auto_log] == list(elbo.auto), case.name

@@ -668,7 +668,7 @@ def _parameters_of(trace: Trace, name: str) -> list[str]:
     log_prob = site["fn"].log_prob(site["value"].detach()).sum()
     if not params or not log_prob.requires_grad:
         return []
-    grads = torch.autograd.grad(log_prob, list(params.values()), allow_unused=True)
+    grads = torch.autograd.grad(log_prob, list(params.values()), allow_unused=True, retain_graph=True)
     return [n for n, g in zip(params, grads) if g is not None]
 
 
