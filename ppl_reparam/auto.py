@@ -141,6 +141,20 @@ def choose_sites(
     return choices, log
 
 
+_MEASUREMENTS: dict[str, Callable[..., Any]] = {}
+
+
+def register_measurement(backend: str, gradient_variance: Callable[..., Any]) -> None:
+    """Give the ELBOs of ``backend`` its ``gradient_variance`` to measure candidates with (registered by
+    the backend's variance module, which imports the ELBOs: so that they need not import it)."""
+    _MEASUREMENTS[backend] = gradient_variance
+
+
+def measurement(backend: str) -> Callable[..., Any]:
+    """The ``gradient_variance`` :func:`register_measurement` gave for ``backend``."""
+    return _MEASUREMENTS[backend]
+
+
 def candidates(
     name: str, fn: Any, can_rsample: Callable[[Any], bool], check_measure: Callable[[str, Any], None]
 ) -> list[str]:

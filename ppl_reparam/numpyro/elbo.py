@@ -1,7 +1,7 @@
-r"""ELBOs that force one gradient estimator on the guide's latent sites (NumPyro backend).
+r"""ELBOs that force a gradient estimator on the guide's latent sites (NumPyro backend).
 
-Both classes estimate :math:`\mathrm{ELBO} = E_q[\log p(x, z) - \log q(z)]` and differentiate the
-surrogate loss of :mod:`ppl_reparam.surrogate`,
+The score-function and pathwise classes estimate :math:`\mathrm{ELBO} = E_q[\log p(x, z) - \log q(z)]`
+and differentiate the surrogate loss of :mod:`ppl_reparam.surrogate`,
 
 .. math::
     \tilde L = \sum_t g_t + \sum_{s \in S} \log q_s(z_s)\, \bot\big(c_s - \sigma_s b_s\big),
@@ -44,6 +44,12 @@ check can run and the NaN or inf is returned (SVI's parameters then become NaN):
 :class:`numpyro.infer.SVI` calls when the model or guide has ``numpyro.mutable`` sites, is a training
 step: it also returns the stateful baseline's updated state (and other mutable sites' values, from the
 first particle); ``loss`` never updates anything.
+
+A site forced to the measure-valued estimator (:class:`MeasureValuedELBO`, ``"measure"``) or to REBAR
+(:class:`RebarELBO`, ``"rebar"``) adds a term of its own instead of the score term, from reruns of guide
+and model traced into the loss (:mod:`ppl_reparam.numpyro.measure_valued`; REBAR's maths in
+:mod:`ppl_reparam.pyro.rebar`); ``"auto"`` sites are resolved before training, by
+:func:`ppl_reparam.numpyro.choose_site_estimators`.
 """
 
 from __future__ import annotations
@@ -436,7 +442,7 @@ class EstimatorELBO(ELBO):
         }
         return out
 
-    # ------------------------------------------------------------------------- measure-valued
+    # --------------------------------------------------------------- measure-valued and REBAR sites
     def _rerun_cost(
         self, site: dict, terms: list[sg.Term], deps: list[frozenset], model_trace: dict, guide_trace: dict,
         keys: tuple, param_map: dict, model: Callable, guide: Callable, args: tuple, kwargs: dict,

@@ -1,7 +1,7 @@
-r"""ELBOs that force one gradient estimator on the guide's latent sites (Pyro backend).
+r"""ELBOs that force a gradient estimator on the guide's latent sites (Pyro backend).
 
-Both classes estimate :math:`\mathrm{ELBO} = E_q[\log p(x, z) - \log q(z)]` and differentiate the
-surrogate loss of :mod:`ppl_reparam.surrogate`,
+The score-function and pathwise classes estimate :math:`\mathrm{ELBO} = E_q[\log p(x, z) - \log q(z)]`
+and differentiate the surrogate loss of :mod:`ppl_reparam.surrogate`,
 
 .. math::
     \tilde L = \sum_t g_t + \sum_{s \in S} \log q_s(z_s)\, \bot\big(c_s - \sigma_s b_s\big),
@@ -29,6 +29,12 @@ shared sites in different orders.
 
 These ELBOs do not enumerate: a model site marked ``infer={"enumerate": ...}`` that the guide does not
 sample raises a ValueError (use Pyro's ``TraceEnum_ELBO``), rather than being drawn from the prior.
+
+A site forced to the measure-valued estimator (:class:`MeasureValuedELBO`, ``"measure"``) or to REBAR
+(:class:`RebarELBO`, ``"rebar"``) adds a term of its own instead of the score term, from reruns of guide
+and model (:mod:`ppl_reparam.pyro.measure_valued`, :mod:`ppl_reparam.pyro.rebar`); an ``"auto"`` site is
+given, at the first step and every ``auto_every`` after, the estimator with the lowest measured
+work-normalized variance (:mod:`ppl_reparam.auto`).
 """
 
 from __future__ import annotations
@@ -58,6 +64,7 @@ from ..forcing import check_estimator, check_named_sites, checking_sites
 from ..mc_gradients import check_rebar_options
 from ..noise import check_noise
 from ..stats import MIN_REPS
+from ..study import derived_seed
 from . import measure_valued as mv
 from . import rebar as rb
 from .baselines import Baseline, Context, make_baseline
@@ -73,6 +80,7 @@ from .handlers import (
     leaf_path,
 )
 from .provenance import deps_of, untrack
+from .rng import isolated_rng
 
 _PARTICLE_PLATE = "num_particles_vectorized"  # the name Pyro's ELBO gives its particle plate
 _TERM_NAMES = {"measure": "measure-valued estimator", "rebar": "REBAR estimator"}
@@ -262,9 +270,7 @@ class EstimatorELBO(ELBO):
     def _choose_auto(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> None:
         """Choose the estimator of every ``"auto"`` site (:mod:`ppl_reparam.auto`): one run of the guide
         finds them, then each candidate is measured by ``gradient_variance`` on its own seed."""
-        from ..study import derived_seed
-        from .variance import gradient_variance, isolated_rng
-
+        gradient_variance = auto.measurement("pyro")
         step = self._steps
         resolution = auto.Resolution(self.auto, discover=lambda name, fn: self._auto_candidates(name, fn)[0])
         with isolated_rng(derived_seed(self.auto_seed, step)), auto.resolving(resolution), checking_sites():

@@ -32,7 +32,6 @@ derivative for a sampler in the guide (Gamma, Beta and Dirichlet's implicit repa
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
@@ -47,26 +46,14 @@ from pyro.infer import ELBO
 from pyro.poutine.subsample_messenger import _Subsample
 from tqdm.auto import tqdm
 
-from ..auto import Resolution, resolving
+from ..auto import Resolution, register_measurement, resolving
 from ..choice import Choice, measure_and_choose
 from ..stats import MIN_REPS, GradientStats, measure_each
 from ..threads import auto_threads, limited_threads
 from .elbo import EstimatorELBO
+from .rng import isolated_rng
 
 METHODS = ("auto", "forward", "loop")
-
-
-@contextmanager
-def isolated_rng(seed: int):
-    """Seed torch, numpy and random for the block, and restore the caller's RNG state after it."""
-    state = (torch.random.get_rng_state(), np.random.get_state(), random.getstate())
-    pyro.set_rng_seed(seed)
-    try:
-        yield
-    finally:
-        torch.random.set_rng_state(state[0])
-        np.random.set_state(state[1])
-        random.setstate(state[2])
 
 
 def _chunk_seed(seed: int, chunk: int) -> int:
@@ -366,3 +353,6 @@ def choose_estimator(
     return measure_and_choose(
         compare_estimators, make_elbo, model, guide, candidates, args, kwargs, group, criterion, num_reps, seed
     )
+
+
+register_measurement("pyro", gradient_variance)  # what the ELBOs' "auto" sites are measured with
