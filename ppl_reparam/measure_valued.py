@@ -138,6 +138,29 @@ def check_parameter(family: str, name: str, where: str = "") -> None:
         )
 
 
+def check_measure_site(
+    name: str, family: str | None, elementwise: bool, described: str, supported: Sequence[str]
+) -> None:
+    """Raise a ValueError naming the site ``name`` (distribution ``described``) unless its innermost
+    family is one of the backend's ``supported`` and the transforms over it are ``elementwise``."""
+    if family is None or not elementwise:
+        raise ValueError(
+            f"site {name!r}: the measure-valued estimator has no weak derivative for {described}; it is "
+            f"implemented for {', '.join(supported)} (and element-wise transforms of them, such as LogNormal) "
+            "under Independent, Masked and Expanded wrappers. Use 'score' or 'pathwise' for this site."
+        )
+
+
+def check_rebar_site(name: str, family: str | None, transformed: bool, described: str) -> None:
+    """Raise a ValueError naming the site ``name`` (distribution ``described``) unless it is a Bernoulli
+    without transforms (REBAR relaxes its bits)."""
+    if family != "Bernoulli" or transformed:
+        raise ValueError(
+            f"site {name!r}: REBAR relaxes Bernoulli bits, and {described} is not a Bernoulli (under "
+            "Independent, Masked and Expanded wrappers). Use 'score' or 'measure' for this site."
+        )
+
+
 class _NumpyDraws:
     def __init__(self, rng: np.random.Generator, n: int):
         self.rng, self.n = rng, n

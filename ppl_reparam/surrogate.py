@@ -157,6 +157,19 @@ def check_options(
     return None if sites is None else tuple([sites] if isinstance(sites, str) else sites)
 
 
+OWN_TERMS = ("measure", "rebar")
+"""Estimators whose sites add a term of their own to the surrogate (from reruns of guide and model)."""
+
+
+def check_own_term_options(cls: str, estimator: str, baseline: Any) -> None:
+    """Refuse a baseline on an ELBO whose blanket estimator has a control of its own."""
+    if estimator in OWN_TERMS and baseline is not None:
+        raise ValueError(
+            f"{cls}: baselines apply to the score function; the {estimator} estimator has its own control (a "
+            "difference of two runs; REBAR's relaxation), which a baseline would not add to"
+        )
+
+
 def loss_terms(
     guide: Sequence[Site],
     model: Mapping[str, Site],

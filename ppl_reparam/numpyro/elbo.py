@@ -252,12 +252,7 @@ class EstimatorELBO(ELBO):
     ):
         check_estimator(self.estimator)
         self.baseline = make_baseline(baseline)
-        if self.estimator in ("measure", "rebar") and self.baseline is not None:
-            raise ValueError(
-                f"{type(self).__name__}: baselines apply to the score function; the {self.estimator} estimator "
-                "has its own control (a difference of two runs; REBAR's relaxation), which a baseline would not "
-                "add to"
-            )
+        sg.check_own_term_options(type(self).__name__, self.estimator, self.baseline)
         self.sites = sg.check_options(num_particles, sites, self.baseline, stl, analytic_kl, vectorized=None)
         self.noise = check_noise(antithetic, qmc, num_particles, None, self.baseline)
         self.analytic_kl = bool(analytic_kl)

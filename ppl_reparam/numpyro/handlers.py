@@ -45,6 +45,7 @@ from numpyro.primitives import Messenger
 
 from .. import noise as qn
 from ..forcing import ForcedGuide, SiteChoices
+from ..measure_valued import check_measure_site, check_rebar_site
 from . import measure_valued as mv
 
 _WRAPPERS = (Independent, TransformedDistribution, MaskedDistribution, ExpandedDistribution)
@@ -101,23 +102,14 @@ def check_rebar(name: str, fn: Distribution) -> None:
     """Raise a ValueError naming the site if ``fn`` is not a Bernoulli under Independent, Masked and
     Expanded wrappers (REBAR relaxes its bits)."""
     leaf, transforms = leaf_path(fn)
-    if mv.family_of(leaf) != "Bernoulli" or transforms:
-        raise ValueError(
-            f"site {name!r}: REBAR relaxes Bernoulli bits, and {describe(fn)} is not a Bernoulli (under "
-            "Independent, Masked and Expanded wrappers). Use 'score' or 'measure' for this site."
-        )
+    check_rebar_site(name, mv.family_of(leaf), bool(transforms), describe(fn))
 
 
 def check_measure(name: str, fn: Distribution) -> None:
     """Raise a ValueError naming the site if ``fn`` has no weak derivative here."""
     leaf, transforms = leaf_path(fn)
-    if mv.family_of(leaf) is None or any(t.domain.event_dim or t.codomain.event_dim for t in transforms):
-        raise ValueError(
-            f"site {name!r}: the measure-valued estimator has no weak derivative for {describe(fn)}; it is "
-            f"implemented for {', '.join(mv.FAMILY_NAMES)} (and element-wise transforms of them, such as "
-            "LogNormal) under Independent, Masked and Expanded wrappers. Use 'score' or 'pathwise' for "
-            "this site."
-        )
+    elementwise = not any(t.domain.event_dim or t.codomain.event_dim for t in transforms)
+    check_measure_site(name, mv.family_of(leaf), elementwise, describe(fn), mv.FAMILY_NAMES)
 
 
 @jax.tree_util.register_pytree_node_class

@@ -217,12 +217,7 @@ class EstimatorELBO(ELBO):
         self._steps = 0
         self.reruns = 0  # runs of guide and model the measure-valued sites took in the last trace
         self.baseline = make_baseline(baseline)
-        if self.estimator in ("measure", "rebar") and self.baseline is not None:
-            raise ValueError(
-                f"{type(self).__name__}: baselines apply to the score function; the {self.estimator} estimator "
-                "has its own control (a difference of two runs; REBAR's relaxation), which a baseline would not "
-                "add to"
-            )
+        sg.check_own_term_options(type(self).__name__, self.estimator, self.baseline)
         self.sites = sg.check_options(num_particles, sites, self.baseline, stl, analytic_kl, bool(vectorize_particles))
         self.noise = check_noise(antithetic, qmc, num_particles, bool(vectorize_particles), self.baseline)
         self.analytic_kl = bool(analytic_kl)
