@@ -32,6 +32,14 @@ def test_toy_end_to_end(tmp_path, capsys):
     assert [r["mean"] for r in again] == [r["mean"] for r in rows]
 
 
+@pytest.mark.parametrize("backend", ["pyro", "numpyro"])
+def test_toy_measure_valued_rows_carry_their_closed_forms(backend, tmp_path, capsys):
+    assert main(["toy", "--backend", backend, "--samples", "10", "--reps", "10", "--estimators",
+                 "measure+akl,measure+akl+indep", "--out", str(tmp_path), "--quiet"]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "toy.csv")))
+    assert [float(r["closed_form_per_sample_variance"]) for r in rows] == pytest.approx([4.3718, 3.4592], abs=1e-4)
+
+
 def test_toy_both_backends(tmp_path, capsys):
     assert main(["toy", "--backend", "both", "--samples", "10", "--reps", "10", "--out", str(tmp_path), "--quiet"]) == 0
     assert "| backend | N |" in capsys.readouterr().out

@@ -34,9 +34,15 @@ DEFAULT_SPECS = "score+akl,pathwise+akl"
 def closed_form(spec: EstimatorSpec, theta: float) -> analytic.Moments | None:
     """Exact moments of the spec's per-sample gradient, where :mod:`ppl_reparam.analytic` has them. With
     antithetic draws, the N-sample estimate averages N/2 pairs: its mean and twice a pair's variance (so
-    that the estimate's variance is variance / N, as for the others); QMC has no closed form."""
-    if spec.is_iwae or isinstance(spec.baseline, str) or spec.noise == "qmc":
+    that the estimate's variance is variance / N, as for the others); QMC has no closed form. The
+    measure-valued estimator's is known coupled, or with the closed-form entropy (fourth moment not
+    computed); REBAR has no toy (no Bernoulli site: its ELBO says so)."""
+    if spec.is_iwae or isinstance(spec.baseline, str) or spec.noise == "qmc" or spec.base == "rebar":
         return None
+    if spec.base == "measure":
+        if not (spec.coupling or spec.analytic_kl):
+            return None
+        return analytic.Moments(2 * theta, analytic.measure_valued_variance(theta, coupling=spec.coupling), math.nan)
     antithetic = spec.noise == "antithetic"
     exact = analytic.gradient_moments(
         spec.base, theta, analytic_kl=spec.analytic_kl, baseline=spec.baseline or 0.0, stl=spec.stl,
