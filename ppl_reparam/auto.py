@@ -94,7 +94,7 @@ def resolve(name: str, fn: Any) -> str:
             f"site {name!r} asks for estimator 'auto', which only this package's ELBOs resolve (by measuring "
             "each applicable estimator at the current parameters: Pyro's at their first step; in NumPyro, whose "
             "loss is traced under jit, first call ppl_reparam.numpyro.choose_site_estimators(elbo, model, guide, "
-            "...) and train its guide); under another ELBO give it 'score', 'pathwise' or 'measure'"
+            "...) and train its guide); under another ELBO give it 'score' or 'pathwise'"
         )
     return resolution.estimator(name, fn)
 

@@ -63,14 +63,13 @@ def choose_site_estimators(
     runs of guide and model an estimate costs is kept (:mod:`ppl_reparam.auto`).
     Returns the guide with the choices made, to train with ``SVI(model, resolved, optim, elbo)``."""
     key = random.PRNGKey(seed)
-    discover = auto.Resolution({}, discover=lambda name, fn: candidates(name, fn)[0])
     forced = ForceEstimatorMessenger(getattr(elbo, "estimator", None), getattr(elbo, "sites", None))
 
     def forced_guide(*a: Any, **k: Any) -> Any:
         with forced:
             return guide(*a, **k)
 
-    with auto.resolving(discover):
+    with auto.resolving(auto.Resolution({}, discover=lambda name, fn: candidates(name, fn)[0])):
         values, _ = init_params(model, forced_guide, key, *args, params=params, **kwargs)
 
     def run(values: dict[str, jax.Array]) -> tuple[dict, auto.Resolution]:

@@ -39,7 +39,8 @@ included), as ``(name, NumPyro classes)``."""
 FAMILY_NAMES = tuple(name for name, _ in SUPPORTED)
 
 ALLOWED: ContextVar[bool] = ContextVar("measure_valued_allowed", default=False)
-"""True inside this package's ELBOs, the only ones that implement the estimator."""
+"""True inside this package's ELBOs, the only ones that implement the measure-valued and REBAR estimators
+(a site forced to one of them refuses other ELBOs)."""
 
 
 def family_of(leaf: Distribution) -> str | None:

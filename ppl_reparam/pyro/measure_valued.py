@@ -40,7 +40,8 @@ SUPPORTED = (("Normal", Normal), ("Exponential", Exponential), ("Gamma", Gamma),
 included), as ``(name, torch class)``."""
 
 ALLOWED: ContextVar[bool] = ContextVar("measure_valued_allowed", default=False)
-"""True inside this package's ELBOs, the only ones that implement the estimator."""
+"""True inside this package's ELBOs, the only ones that implement the measure-valued and REBAR estimators
+(a site forced to one of them refuses other ELBOs)."""
 
 
 def family_of(leaf: torch.distributions.Distribution) -> str | None:
