@@ -19,6 +19,7 @@ arguments compile again.
 
 from __future__ import annotations
 
+import copy
 import numbers
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -108,6 +109,76 @@ def _gradient_samples(
     return jax.tree.map(lambda g: g.reshape(-1, *g.shape[2:]), grads)
 
 
+PARTICLE_CHUNK = 2**16
+"""Most particles in one compiled pass of a multi-particle estimate taken particle by particle
+(:func:`_particle_samples`; fewer where the parameters are large, so that a pass's per-particle gradients
+stay under ``chunk_particles`` numbers): one size for every ``num_particles``, so one compilation serves
+them all."""
+
+
+@partial(jax.jit, static_argnames=("elbo", "model", "guide", "layout", "num_reps"))
+def _particle_sums(
+    keys: jax.Array,
+    reps: jax.Array,
+    weights: jax.Array,
+    unconstrained: dict[str, jax.Array],
+    transforms: dict[str, Transform],
+    arrays: list,
+    *,
+    elbo: ELBO,
+    model: Callable,
+    guide: Callable,
+    layout: tuple,
+    num_reps: int,
+) -> dict[str, jax.Array]:
+    """The weighted sum of one-particle gradient estimates per repetition, ``{name: (num_reps, *shape)}``:
+    particle ``i`` (key ``keys[i]``) belongs to repetition ``reps[i]`` with weight ``weights[i]``."""
+    grads = _gradient_samples(keys, unconstrained, transforms, arrays, elbo=elbo, model=model, guide=guide,
+                              layout=layout, chunks=1)
+    return jax.tree.map(
+        lambda g: jax.ops.segment_sum(g * weights.reshape((-1,) + (1,) * (g.ndim - 1)), reps, num_segments=num_reps),
+        grads,
+    )
+
+
+def _independent_particles(elbo: ELBO) -> bool:
+    """Whether ``elbo``'s estimate is the mean of independent one-particle estimates (this package's ELBOs
+    without a baseline that compares particles and without coupled draws)."""
+    from .elbo import EstimatorELBO
+
+    return (
+        isinstance(elbo, EstimatorELBO) and elbo.num_particles > 1 and elbo.noise is None
+        and (elbo.baseline is None or not elbo.baseline.needs_particles)
+    )
+
+
+def _particle_samples(
+    key: jax.Array, elbo: ELBO, model: Callable, guide: Callable, unconstrained: dict, transforms: dict,
+    arrays: list, layout: tuple, num_reps: int, chunk_particles: int,
+) -> dict[str, np.ndarray]:
+    """Each repetition's gradient as the mean of ``elbo.num_particles`` one-particle estimates, computed
+    in passes of the same size by one compiled function whatever the number of particles (the last pass
+    padded with zero weights; see :data:`PARTICLE_CHUNK`)."""
+    one = copy.copy(elbo)
+    one.num_particles = 1
+    n = elbo.num_particles
+    total = num_reps * n
+    size = sum(int(np.prod(np.shape(u))) for u in jax.tree.leaves(unconstrained)) or 1
+    chunk = min(PARTICLE_CHUNK, max(256, chunk_particles // size))
+    passes = -(-total // chunk)
+    keys = random.split(key, passes * chunk)
+    index = np.arange(passes * chunk)
+    reps = np.minimum(index // n, num_reps - 1).astype(np.int32)
+    weights = np.where(index < total, 1.0 / n, 0.0).astype(np.asarray(jax.numpy.zeros(())).dtype)
+    sums = None
+    for p in range(passes):
+        part = slice(p * chunk, (p + 1) * chunk)
+        out = _particle_sums(keys[part], reps[part], weights[part], unconstrained, transforms, arrays, elbo=one,
+                             model=model, guide=guide, layout=layout, num_reps=num_reps)
+        sums = out if sums is None else jax.tree.map(jax.numpy.add, sums, out)
+    return {name: np.asarray(value) for name, value in sums.items()}
+
+
 def gradient_variance(
     elbo: ELBO,
     model: Callable,
@@ -133,7 +204,11 @@ def gradient_variance(
     :param seed: an integer, or a JAX PRNG key of any implementation, for the initial values and the
         draws.
     :param confidence: level of the variance intervals (Bonett's, see :mod:`ppl_reparam.stats`).
-    :param chunk_particles: most particles in one vectorized pass (memory bound).
+    :param chunk_particles: most particles in one vectorized pass (memory bound). An estimate of
+        several independent particles (this package's ELBOs without a leave-one-out baseline or coupled
+        draws) is the mean of one-particle estimates, drawn in passes of one size whatever
+        ``num_particles``, so that one compilation serves every number of particles; then
+        ``chunk_particles`` bounds the per-particle gradients a pass holds.
 
     ``seconds`` in the result includes compilation on the first call for given objects and shapes.
     """
@@ -146,12 +221,16 @@ def gradient_variance(
     values, transforms = init_params(model, guide, key, *args, params=params, **kwargs)
     unconstrained = transform_fn(transforms, values, invert=True)
     arrays, layout = _split_static((args, kwargs))
-    chunks = -(-num_reps // max(1, chunk_particles // elbo.num_particles))
-    keys = random.split(random.split(key, 3)[0], -(-num_reps // chunks) * chunks)
-    grads = _gradient_samples(
-        keys, unconstrained, transforms, arrays, elbo=elbo, model=model, guide=guide, layout=layout, chunks=chunks
-    )
-    samples = {name: np.asarray(value[:num_reps]) for name, value in grads.items()}
+    if _independent_particles(elbo):
+        samples = _particle_samples(random.split(key, 3)[0], elbo, model, guide, unconstrained, transforms, arrays,
+                                    layout, num_reps, chunk_particles)
+    else:
+        chunks = -(-num_reps // max(1, chunk_particles // elbo.num_particles))
+        keys = random.split(random.split(key, 3)[0], -(-num_reps // chunks) * chunks)
+        grads = _gradient_samples(
+            keys, unconstrained, transforms, arrays, elbo=elbo, model=model, guide=guide, layout=layout, chunks=chunks
+        )
+        samples = {name: np.asarray(value[:num_reps]) for name, value in grads.items()}
     seconds = time.perf_counter() - start
     return GradientStats.from_samples(samples, elbo.num_particles, seconds, confidence)
 
