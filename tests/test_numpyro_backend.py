@@ -550,11 +550,11 @@ def test_a_fresh_equal_elbo_reuses_the_compiled_measurement():
 def test_one_compilation_serves_every_number_of_particles():
     """An estimate of N independent particles is the mean of N one-particle estimates in passes of one
     size: a sweep over N compiles once per ELBO's options, not once per N (the toy table's cold time)."""
-    from ppl_reparam.numpyro.variance import _particle_sums
+    from ppl_reparam.numpyro.variance import _gradient_samples
 
-    before = _particle_sums._cache_size()
+    before = _gradient_samples._cache_size()
     for n in (2, 30, 700):
         stats = gradient_variance(PathwiseELBO(num_particles=n, stl=True), TOY.model, TOY.guide,
                                   params={"theta": 2.0}, num_reps=10, seed=n)
         assert stats["theta"].num_reps == 10 and stats["theta"].num_particles == n
-    assert _particle_sums._cache_size() <= before + 1  # (+0 where an earlier test compiled these options)
+    assert _gradient_samples._cache_size() <= before + 1  # (+0 where an earlier test compiled these options)

@@ -116,31 +116,6 @@ stay under ``chunk_particles`` numbers): one size for every ``num_particles``, s
 them all."""
 
 
-@partial(jax.jit, static_argnames=("elbo", "model", "guide", "layout", "num_reps"))
-def _particle_sums(
-    keys: jax.Array,
-    reps: jax.Array,
-    weights: jax.Array,
-    unconstrained: dict[str, jax.Array],
-    transforms: dict[str, Transform],
-    arrays: list,
-    *,
-    elbo: ELBO,
-    model: Callable,
-    guide: Callable,
-    layout: tuple,
-    num_reps: int,
-) -> dict[str, jax.Array]:
-    """The weighted sum of one-particle gradient estimates per repetition, ``{name: (num_reps, *shape)}``:
-    particle ``i`` (key ``keys[i]``) belongs to repetition ``reps[i]`` with weight ``weights[i]``."""
-    grads = _gradient_samples(keys, unconstrained, transforms, arrays, elbo=elbo, model=model, guide=guide,
-                              layout=layout, chunks=1)
-    return jax.tree.map(
-        lambda g: jax.ops.segment_sum(g * weights.reshape((-1,) + (1,) * (g.ndim - 1)), reps, num_segments=num_reps),
-        grads,
-    )
-
-
 def _independent_particles(elbo: ELBO) -> bool:
     """Whether ``elbo``'s estimate is the mean of independent one-particle estimates (this package's ELBOs
     without a baseline that compares particles and without coupled draws)."""
@@ -158,7 +133,7 @@ def _particle_samples(
 ) -> dict[str, np.ndarray]:
     """Each repetition's gradient as the mean of ``elbo.num_particles`` one-particle estimates, computed
     in passes of the same size by one compiled function whatever the number of particles (the last pass
-    padded with zero weights; see :data:`PARTICLE_CHUNK`)."""
+    padded with particles that are dropped; see :data:`PARTICLE_CHUNK`)."""
     one = copy.copy(elbo)
     one.num_particles = 1
     n = elbo.num_particles
@@ -167,16 +142,15 @@ def _particle_samples(
     chunk = min(PARTICLE_CHUNK, max(256, chunk_particles // size))
     passes = -(-total // chunk)
     keys = random.split(key, passes * chunk)
-    index = np.arange(passes * chunk)
-    reps = np.minimum(index // n, num_reps - 1).astype(np.int32)
-    weights = np.where(index < total, 1.0 / n, 0.0).astype(np.asarray(jax.numpy.zeros(())).dtype)
-    sums = None
-    for p in range(passes):
-        part = slice(p * chunk, (p + 1) * chunk)
-        out = _particle_sums(keys[part], reps[part], weights[part], unconstrained, transforms, arrays, elbo=one,
-                             model=model, guide=guide, layout=layout, num_reps=num_reps)
-        sums = out if sums is None else jax.tree.map(jax.numpy.add, sums, out)
-    return {name: np.asarray(value) for name, value in sums.items()}
+    rep = np.arange(total) // n  # the repetition of each particle
+    sums = {name: np.zeros((num_reps, *np.shape(u))) for name, u in unconstrained.items()}
+    for start in range(0, total, chunk):
+        stop = min(start + chunk, total)
+        grads = _gradient_samples(keys[start : start + chunk], unconstrained, transforms, arrays, elbo=one,
+                                  model=model, guide=guide, layout=layout, chunks=1)
+        for name, g in grads.items():
+            np.add.at(sums[name], rep[start:stop], np.asarray(g[: stop - start], dtype=np.float64))
+    return {name: value / n for name, value in sums.items()}
 
 
 def gradient_variance(
