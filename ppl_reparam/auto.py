@@ -161,7 +161,7 @@ def candidates(
     """The estimators that apply at the site ``name`` with distribution ``fn``: pathwise where the
     backend's ``can_rsample`` says so, the score function always, the measure-valued one where the
     backend's ``check_measure`` does not raise. (REBAR is not offered: it needs a model that takes
-    relaxed values at the bits, which cannot be checked here.)"""
+    relaxed values at the bits, which cannot be checked here; nor RELAX, whose control learns first.)"""
     found = ["pathwise"] if can_rsample(fn) else []
     found.append("score")
     try:

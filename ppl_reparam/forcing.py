@@ -16,7 +16,7 @@ from typing import Any
 
 from .auto import resolve
 
-ESTIMATORS = ("score", "pathwise", "measure", "rebar")
+ESTIMATORS = ("score", "pathwise", "measure", "rebar", "relax")
 """The estimator names accepted everywhere."""
 
 REQUESTS = (*ESTIMATORS, "auto")
@@ -29,9 +29,9 @@ def check_estimator(estimator: str, where: str = "", auto: bool = False) -> str:
     that lists the names."""
     if estimator not in (REQUESTS if auto else ESTIMATORS):
         at = f" at {where}" if where else ""
-        also = ", 'measure' (measure-valued), 'rebar' (REBAR, Bernoulli sites) or 'auto' (chosen by measurement)" if (
-            auto
-        ) else ", 'measure' (measure-valued) or 'rebar' (REBAR, Bernoulli sites)"
+        also = (", 'measure' (measure-valued), 'rebar' (REBAR, Bernoulli sites), 'relax' (RELAX, Bernoulli and "
+                "categorical sites, Pyro)")
+        also += " or 'auto' (chosen by measurement)" if auto else ""
         raise ValueError(
             f"unknown estimator {estimator!r}{at}; expected 'score' (score function / REINFORCE), "
             f"'pathwise' (reparameterization){also}"

@@ -38,7 +38,11 @@ estimator) or measure the per-sample variance.
   Unbiased for :math:`\nabla_\theta E[f(b)]` for any :math:`c` (the last two terms have equal
   means); REBAR is :math:`c(z) = \eta\, f(\sigma(z/\lambda))`, the Concrete relaxation at temperature
   :math:`\lambda` scaled by :math:`\eta`. Learning :math:`c`, :math:`\eta` or :math:`\lambda` to lower the
-  variance (the papers' second half) is left to the caller: these functions take them as given.
+  variance (the papers' second half) is left to the caller: these functions take them as given (the Pyro
+  ELBO ``RelaxELBO`` learns them). For a categorical draw :math:`b = \arg\max_k z_k`, :math:`z = \theta -
+  \log(-\log u)` (Gumbel-max, :math:`\theta` the normalized logits), the conditional resample is
+  :math:`\tilde z_b = -\log(-\log v_b)`, :math:`\tilde z_k = -\log(-\log v_k / p_k - \log v_b)` for
+  :math:`k \ne b` (Tucker et al., appendix), and the same identity holds with :math:`\log p(b;\theta)`.
 
 The third estimator, the measure-valued gradient, needs no autodiff and is written once, in NumPy:
 :mod:`ppl_reparam.measure_valued`.

@@ -161,6 +161,20 @@ def check_rebar_site(name: str, family: str | None, transformed: bool, described
         )
 
 
+RELAX_FAMILIES = ("Bernoulli", "Categorical", "OneHotCategorical")
+"""The families RELAX relaxes: logistic noise for bits, Gumbel noise for categories."""
+
+
+def check_relax_site(name: str, family: str | None, transformed: bool, described: str) -> None:
+    """Raise a ValueError naming the site ``name`` (distribution ``described``) unless it is one of
+    :data:`RELAX_FAMILIES` without transforms."""
+    if family not in RELAX_FAMILIES or transformed:
+        raise ValueError(
+            f"site {name!r}: RELAX relaxes Bernoulli, Categorical or OneHotCategorical draws, and {described} is "
+            "none of them (under Independent, Masked and Expanded wrappers). Use 'score' or 'measure' for this site."
+        )
+
+
 class _NumpyDraws:
     def __init__(self, rng: np.random.Generator, n: int):
         self.rng, self.n = rng, n

@@ -4,15 +4,16 @@ Grammar: ``BASE[+OPTION...][:K]``, e.g. ``score``, ``score+rloo:8``, ``pathwise+
 ``score+akl``, ``score+b=7``, ``iwae-dreg:5``.
 
 - ``BASE``: ``score`` (score function), ``pathwise`` (reparameterization), ``measure`` (measure-valued,
-  :mod:`ppl_reparam.measure_valued`), ``rebar`` (REBAR at Bernoulli sites), ``iwae`` (importance-weighted
-  bound, pathwise gradient),
+  :mod:`ppl_reparam.measure_valued`), ``rebar`` (REBAR at Bernoulli sites), ``relax`` (RELAX, a learned
+  control, at Bernoulli and categorical sites; Pyro), ``iwae`` (importance-weighted bound, pathwise gradient),
   ``iwae-vimco`` (VIMCO), ``iwae-dreg`` (doubly reparameterized).
 - ``OPTION``: ``akl`` (closed-form KL / entropy, estimator B), ``stl`` (sticking the landing,
   pathwise), ``anti`` / ``qmc`` (antithetic pairs / randomized quasi-Monte Carlo draws, pathwise, K >= 2:
   :mod:`ppl_reparam.noise`), ``rloo`` / ``ma`` / ``learned`` (leave-one-out, moving-average, learned
   baseline, score function), ``b=VALUE`` (constant baseline), ``indep`` (independent sides instead of
   common random numbers, measure-valued), ``t=T`` and ``eta=E`` (REBAR's temperature and control
-  weight, default 0.5 and 1).
+  weight, default 0.5 and 1; RELAX's starting values), ``fit=N`` (RELAX: steps that fit its control at the
+  current parameters before the first estimate, default 0).
 - ``K``: particles (samples) per estimate; default 1, or 5 for the IWAE bases.
 
 The discrete VAE also takes ``relaxed+t=T[:K]`` (:class:`RelaxedSpec`, :func:`parse_run_spec`): the
@@ -26,7 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-BASES = ("score", "pathwise", "measure", "rebar", "iwae", "iwae-vimco", "iwae-dreg")
+BASES = ("score", "pathwise", "measure", "rebar", "relax", "iwae", "iwae-vimco", "iwae-dreg")
 IWAE_ESTIMATOR = {"iwae": "pathwise", "iwae-vimco": "score", "iwae-dreg": "dreg"}
 BASELINE_OPTIONS = {"rloo": "rloo", "ma": "moving_average", "learned": "learned"}
 NOISE_OPTIONS = {"anti": "antithetic", "qmc": "qmc"}
@@ -45,6 +46,7 @@ class EstimatorSpec:
     noise: str | None = None
     coupling: bool = True
     rebar: tuple[float, float] = (0.5, 1.0)
+    fit: int = 0
 
     @property
     def is_iwae(self) -> bool:
@@ -65,6 +67,8 @@ class EstimatorSpec:
             options.append(f"t={self.rebar[0]:g}")
         if self.rebar[1] != 1.0:
             options.append(f"eta={self.rebar[1]:g}")
+        if self.fit:
+            options.append(f"fit={self.fit}")
         if isinstance(self.baseline, float):
             options.append(f"b={self.baseline:g}")
         elif self.baseline is not None:
@@ -104,7 +108,14 @@ def parse_spec(text: str) -> EstimatorSpec:
             fields["stl"] = True
         elif option == "indep":
             fields["coupling"] = False
-        elif option.startswith(("t=", "eta=")) and base == "rebar":
+        elif option.startswith("fit=") and base == "relax":
+            try:
+                fields["fit"] = int(option[4:])
+            except ValueError:
+                raise ValueError(f"estimator spec {text!r}: {option!r}: fit takes a number of steps") from None
+            if fields["fit"] < 0:
+                raise ValueError(f"estimator spec {text!r}: {option!r}: fit takes a number of steps (0 or more)")
+        elif option.startswith(("t=", "eta=")) and base in ("rebar", "relax"):
             name, _, number = option.partition("=")
             try:
                 value = float(number)
@@ -121,7 +132,7 @@ def parse_spec(text: str) -> EstimatorSpec:
         else:
             choices = ", ".join(sorted(OPTIONS))
             raise ValueError(f"estimator spec {text!r}: unknown option {option!r}; choose from {choices}, "
-                             "b=VALUE, or t=T and eta=E (rebar)")
+                             "b=VALUE, t=T and eta=E (rebar, relax), fit=N (relax)")
     spec = EstimatorSpec(base, particles, **fields)
     if spec.is_iwae and options:
         raise ValueError(f"estimator spec {text!r}: the IWAE bases take no options, only :K")
@@ -221,7 +232,8 @@ def parse_run_spec(text: str) -> RunSpec:
 
 
 def objective_of(spec: RunSpec) -> str:
-    """The objective a spec's gradient estimates: ``elbo`` (score, pathwise, measure, rebar, any baseline, akl, stl),
+    """The objective a spec's gradient estimates: ``elbo`` (score, pathwise, measure, rebar, relax, any baseline, akl,
+    stl),
     ``iwae:K`` or ``relaxed:T``. Two specs estimate the same gradient iff their objectives match."""
     if isinstance(spec, RelaxedSpec):
         return f"relaxed:{spec.temperature:g}"
@@ -237,6 +249,7 @@ class ElboClasses:
     iwae: Callable[..., Any]
     measure: Callable[..., Any]
     rebar: Callable[..., Any]
+    relax: Callable[..., Any]
 
 
 def build_elbo(
@@ -255,10 +268,12 @@ def build_elbo(
     if spec.is_iwae:
         return classes.iwae(spec.particles, IWAE_ESTIMATOR[spec.base], **(iwae_options or {}))
     cls = {"score": classes.score, "pathwise": classes.pathwise, "measure": classes.measure,
-           "rebar": classes.rebar}[spec.base]
+           "rebar": classes.rebar, "relax": classes.relax}[spec.base]
     extra = {} if spec.coupling else {"coupling": False}
-    if spec.base == "rebar":
+    if spec.base in ("rebar", "relax"):
         extra.update(rebar_temperature=spec.rebar[0], rebar_eta=spec.rebar[1])
+    if spec.fit:
+        extra["relax_fit"] = spec.fit
     return cls(
         num_particles=spec.particles,
         analytic_kl=spec.analytic_kl,

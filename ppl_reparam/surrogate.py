@@ -157,7 +157,7 @@ def check_options(
     return None if sites is None else tuple([sites] if isinstance(sites, str) else sites)
 
 
-OWN_TERMS = ("measure", "rebar")
+OWN_TERMS = ("measure", "rebar", "relax")
 """Estimators whose sites add a term of their own to the surrogate (from reruns of guide and model)."""
 
 
@@ -166,7 +166,7 @@ def check_own_term_options(cls: str, estimator: str, baseline: Any) -> None:
     if estimator in OWN_TERMS and baseline is not None:
         raise ValueError(
             f"{cls}: baselines apply to the score function; the {estimator} estimator has its own control (a "
-            "difference of two runs; REBAR's relaxation), which a baseline would not add to"
+            "difference of two runs; a relaxation), which a baseline would not add to"
         )
 
 

@@ -82,7 +82,7 @@ def test_errors():
         RebarELBO(rebar_temperature=0.0)
     pyro.clear_param_store()
     replayed = pyro.poutine.replay(guide, trace=pyro.poutine.trace(guide).get_trace())
-    with pytest.raises(ValueError, match="site 'b': REBAR needs the bits its own sampler drew"):
+    with pytest.raises(ValueError, match="site .b.: the REBAR estimator needs the draw its own sampler made"):
         RebarELBO().differentiable_loss(model, replayed)
 
 

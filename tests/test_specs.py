@@ -3,7 +3,7 @@
 import pytest
 
 from ppl_reparam.pyro.baselines import ConstantBaseline, LeaveOneOutBaseline
-from ppl_reparam.pyro.elbo import MeasureValuedELBO, PathwiseELBO, RebarELBO, ScoreFunctionELBO
+from ppl_reparam.pyro.elbo import MeasureValuedELBO, PathwiseELBO, RebarELBO, RelaxELBO, ScoreFunctionELBO
 from ppl_reparam.pyro.iwae import IWAE
 from ppl_reparam.pyro.specs import make_elbo
 from ppl_reparam.specs import EstimatorSpec, parse_spec, parse_specs
@@ -11,7 +11,8 @@ from ppl_reparam.specs import EstimatorSpec, parse_spec, parse_specs
 
 @pytest.mark.parametrize("text", ["score", "pathwise", "score+akl", "score+rloo:8", "score+akl+b=7",
                                   "pathwise+stl:4", "iwae", "iwae-dreg:3", "iwae-vimco", "score+ma", "score+learned",
-                                  "measure", "measure+akl+indep:4", "rebar", "rebar+akl+t=2+eta=0.5:3"])
+                                  "measure", "measure+akl+indep:4", "rebar", "rebar+akl+t=2+eta=0.5:3", "relax",
+                                  "relax+t=2+eta=0.5+fit=300:2"])
 def test_round_trip(text):
     assert str(parse_spec(text)) == text
 
@@ -38,6 +39,10 @@ def test_fields():
         ("rebar+t=0", "t must be positive"),
         ("rebar+eta=x", "'eta=x' is not a number"),
         ("score+t=2", "unknown option 't=2'"),
+        ("rebar+fit=10", "unknown option 'fit=10'"),
+        ("relax+fit=-1", "fit takes a number of steps"),
+        ("relax+fit=x", "fit takes a number of steps"),
+        ("relax+rloo:4", "baselines apply to the score function only"),
         ("iwae+akl", "take no options"),
         ("", "no estimator spec"),
     ],
@@ -62,3 +67,13 @@ def test_make_elbo():
     assert measure.num_particles == 3 and "coupling=False" in repr(measure)
     rebar = make_elbo("rebar+t=2+eta=0.5")
     assert isinstance(rebar, RebarELBO) and (rebar.rebar_temperature, rebar.rebar_eta) == (2.0, 0.5)
+    relax = make_elbo("relax+t=2+eta=0.5+fit=30")
+    assert isinstance(relax, RelaxELBO)
+    assert (relax.rebar_temperature, relax.rebar_eta, relax.relax_fit) == (2.0, 0.5, 30)
+
+
+def test_relax_is_pyro_only_in_numpyro():
+    from ppl_reparam.numpyro.specs import make_elbo as numpyro_elbo
+
+    with pytest.raises(ValueError, match="RELAX .* is built for the Pyro backend only"):
+        numpyro_elbo("relax")

@@ -26,17 +26,19 @@ class OneLineParser(argparse.ArgumentParser):
 
 SPEC_HELP = """estimator specs: BASE[+OPTION...][:K], comma-separated where a list is taken
   BASE      score (score function / REINFORCE), pathwise (reparameterization), measure (measure-valued),
-            rebar (REBAR, Bernoulli sites), iwae (importance-weighted bound, pathwise gradient),
+            rebar (REBAR, Bernoulli sites), relax (RELAX, a learned control; Bernoulli and categorical
+            sites, Pyro), iwae (importance-weighted bound, pathwise gradient),
             iwae-vimco (VIMCO), iwae-dreg (DReG);
             relaxed+t=T (the discrete VAE's Concrete relaxation at temperature T, trained pathwise)
   OPTION    akl (closed-form KL / entropy), stl (sticking the landing, pathwise only),
             anti or qmc (antithetic pairs, even K / randomized quasi-Monte Carlo, K >= 2; pathwise only),
             one baseline for score: b=VALUE (constant), rloo (leave-one-out, K >= 2), ma (moving average),
             learned (a network of the batch); indep (measure: independent sides); t=T, eta=E (rebar's
-            temperature and control weight); the IWAE bases take no option
+            temperature and control weight, relax's starting ones); fit=N (relax: steps fitting its
+            control before the first estimate); the IWAE bases take no option
   K         particles per estimate (default 1; 5 for the IWAE bases)
   e.g.      score, score+akl, score+rloo:4, score+b=7, pathwise+stl, pathwise+qmc:8, iwae-vimco:4,
-            measure+akl, rebar+t=1"""
+            measure+akl, rebar+t=1, relax+fit=300"""
 """The estimator-spec grammar (:mod:`ppl_reparam.specs`), for the commands' ``--help``."""
 
 

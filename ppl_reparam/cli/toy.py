@@ -36,8 +36,8 @@ def closed_form(spec: EstimatorSpec, theta: float) -> analytic.Moments | None:
     antithetic draws, the N-sample estimate averages N/2 pairs: its mean and twice a pair's variance (so
     that the estimate's variance is variance / N, as for the others); QMC has no closed form. The
     measure-valued estimator's is known coupled, or with the closed-form entropy (fourth moment not
-    computed); REBAR has no toy (no Bernoulli site: its ELBO says so)."""
-    if spec.is_iwae or isinstance(spec.baseline, str) or spec.noise == "qmc" or spec.base == "rebar":
+    computed); REBAR and RELAX have no toy (no Bernoulli site: their ELBOs say so)."""
+    if spec.is_iwae or isinstance(spec.baseline, str) or spec.noise == "qmc" or spec.base in ("rebar", "relax"):
         return None
     if spec.base == "measure":
         if not (spec.coupling or spec.analytic_kl):

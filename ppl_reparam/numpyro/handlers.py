@@ -281,6 +281,12 @@ def apply_estimator(
         )
     if estimator == "pathwise" and noise is not None:
         return EstimatorDistribution(fn, True, noise.at(name, fn))
+    if estimator == "relax":
+        raise ValueError(
+            f"site {name!r}: RELAX (a control that learns by a second derivative of the estimate inside the "
+            "training step) is built for the Pyro backend only (ppl_reparam.pyro.RelaxELBO); here use 'rebar' "
+            "(its fixed control) or 'score' with a baseline"
+        )
     if estimator in ("measure", "rebar"):
         (check_measure if estimator == "measure" else check_rebar)(name, fn)
         return EstimatorDistribution(fn, False, elbo_term=estimator)

@@ -10,7 +10,15 @@ from ..specs import ElboClasses, EstimatorSpec, build_elbo
 from .elbo import MeasureValuedELBO, PathwiseELBO, RebarELBO, ScoreFunctionELBO
 from .iwae import IWAE
 
-CLASSES = ElboClasses(ScoreFunctionELBO, PathwiseELBO, IWAE, MeasureValuedELBO, RebarELBO)
+
+def _no_relax(**options: Any) -> ELBO:
+    raise ValueError(
+        "estimator spec relax: RELAX (a control that learns by a second derivative of the estimate inside the "
+        "training step) is built for the Pyro backend only; use --backend pyro, or rebar here"
+    )
+
+
+CLASSES = ElboClasses(ScoreFunctionELBO, PathwiseELBO, IWAE, MeasureValuedELBO, RebarELBO, _no_relax)
 
 
 def make_elbo(spec: EstimatorSpec | str, baseline: Any = None) -> ELBO:

@@ -30,11 +30,12 @@ shared sites in different orders.
 These ELBOs do not enumerate: a model site marked ``infer={"enumerate": ...}`` that the guide does not
 sample raises a ValueError (use Pyro's ``TraceEnum_ELBO``), rather than being drawn from the prior.
 
-A site forced to the measure-valued estimator (:class:`MeasureValuedELBO`, ``"measure"``) or to REBAR
-(:class:`RebarELBO`, ``"rebar"``) adds a term of its own instead of the score term, from reruns of guide
-and model (:mod:`ppl_reparam.pyro.measure_valued`, :mod:`ppl_reparam.pyro.rebar`); an ``"auto"`` site is
-given, at the first step and every ``auto_every`` after, the estimator with the lowest measured
-work-normalized variance (:mod:`ppl_reparam.auto`).
+A site forced to the measure-valued estimator (:class:`MeasureValuedELBO`, ``"measure"``), to REBAR
+(:class:`RebarELBO`, ``"rebar"``) or to RELAX (:class:`RelaxELBO`, ``"relax"``) adds a term of its own
+instead of the score term, from reruns of guide and model or a learned control
+(:mod:`ppl_reparam.pyro.measure_valued`, :mod:`ppl_reparam.pyro.rebar`, :mod:`ppl_reparam.pyro.relax`);
+an ``"auto"`` site is given, at the first step and every ``auto_every`` after, the estimator with the
+lowest measured work-normalized variance (:mod:`ppl_reparam.auto`).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from __future__ import annotations
 import math
 import warnings
 import weakref
+import zlib
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
@@ -67,6 +69,7 @@ from ..stats import MIN_REPS
 from ..study import derived_seed
 from . import measure_valued as mv
 from . import rebar as rb
+from . import relax as rx
 from .baselines import Baseline, Context, make_baseline
 from .handlers import (
     EstimatorDistribution,
@@ -78,14 +81,16 @@ from .handlers import (
     is_guide_latent,
     leaf_distribution,
     leaf_path,
+    relaxation_shape,
 )
+from .mc_gradients import gumbel_pair, relaxed_pair
 from .provenance import deps_of, untrack
 from .rng import isolated_rng
 
 _PARTICLE_PLATE = "num_particles_vectorized"  # the name Pyro's ELBO gives its particle plate
-_TERM_NAMES = {"measure": "measure-valued estimator", "rebar": "REBAR estimator"}
-_GIVEN_BITS = (
-    "site {name!r}: REBAR needs the bits its own sampler drew (with their relaxation's uniforms), but the "
+_TERM_NAMES = {"measure": "measure-valued estimator", "rebar": "REBAR estimator", "relax": "RELAX estimator"}
+_GIVEN_DRAW = (
+    "site {name!r}: the {what} needs the draw its own sampler made (with its relaxation's uniforms), but the "
     "value was given (replayed, substituted or conditioned); use 'score' or 'measure' for this site"
 )
 
@@ -198,6 +203,8 @@ class EstimatorELBO(ELBO):
         coupling: bool = True,
         rebar_temperature: float = 0.5,
         rebar_eta: float = 1.0,
+        relax_hidden: int = 32,
+        relax_fit: int = 0,
         auto_every: int | None = None,
         auto_reps: int = 20,
         auto_seed: int = 0,
@@ -224,6 +231,13 @@ class EstimatorELBO(ELBO):
         self.stl = bool(stl)
         self.coupling = bool(coupling)
         self.rebar_temperature, self.rebar_eta = check_rebar_options(rebar_temperature, rebar_eta)
+        if type(relax_hidden) is not int or relax_hidden < 1:
+            raise ValueError(f"relax_hidden must be a positive number of hidden units, got {relax_hidden!r}")
+        if type(relax_fit) is not int or relax_fit < 0:
+            raise ValueError(f"relax_fit must be a number of steps (0 or more), got {relax_fit!r}")
+        self.relax_hidden, self.relax_fit = relax_hidden, relax_fit
+        self._fitted = not relax_fit  # the RELAX controls were fitted before the first estimate
+        self._controls: dict[str, rx.RelaxControl] = {}  # RELAX's control of each site, registered with Pyro
         self._options = dict(
             max_plate_nesting=max_plate_nesting,
             vectorize_particles=vectorize_particles,
@@ -237,6 +251,10 @@ class EstimatorELBO(ELBO):
             self._options["coupling"] = False
         if (rebar_temperature, rebar_eta) != (0.5, 1.0):
             self._options.update(rebar_temperature=rebar_temperature, rebar_eta=rebar_eta)
+        if relax_hidden != 32:
+            self._options["relax_hidden"] = relax_hidden
+        if relax_fit:
+            self._options["relax_fit"] = relax_fit
         if auto_every is not None or auto_reps != 20 or auto_seed:
             self._options.update(auto_every=auto_every, auto_reps=auto_reps, auto_seed=auto_seed)
         if self.noise is not None:
@@ -254,6 +272,7 @@ class EstimatorELBO(ELBO):
         copy = type(self)(num_particles=num_particles, **self._options)
         if self._auto_round is not None or self._auto_fixed:
             copy.auto, copy._auto_fixed = dict(self.auto), True
+        copy._fitted = True  # the copy uses the RELAX controls as they are (in Pyro's param store)
         return copy
 
     # ------------------------------------------------------------------------------- "auto" sites
@@ -298,7 +317,9 @@ class EstimatorELBO(ELBO):
 
     def _resolved(self, call: Callable[[], Any], model: Callable, guide: Callable, args: tuple, kwargs: dict) -> Any:
         """``call()`` with the ``"auto"`` sites resolved: chosen first where a run meets one without a
-        choice, and again every ``auto_every`` training steps."""
+        choice, and again every ``auto_every`` training steps; and, the first time, after fitting the
+        RELAX controls (``relax_fit``)."""
+        self.fit_once(model, guide, *args, **kwargs)
         due = self._auto_round is not None and self.auto and self.auto_every is not None
         if not self._auto_fixed and due and self._steps - self._auto_round >= self.auto_every:
             self._choose_auto(model, guide, args, kwargs)
@@ -312,6 +333,60 @@ class EstimatorELBO(ELBO):
                 ) from None
         self._choose_auto(model, guide, args, kwargs)
         return self._resolved(call, model, guide, args, kwargs)
+
+    # ----------------------------------------------------------------------------- RELAX sites
+    def fit_controls(
+        self, model: Callable, guide: Callable, *args: Any, steps: int, lr: float = 1e-3, **kwargs: Any
+    ) -> None:
+        """Train the RELAX controls of ``guide``'s ``"relax"`` sites for ``steps`` steps of Adam (learning
+        rate ``lr``, falling linearly to 0) at the current parameters, as a training step would
+        (:mod:`ppl_reparam.pyro.relax`), leaving the model's and guide's parameters, their ``.grad``, any
+        optimizer and the caller's random state alone (the draws come from ``auto_seed``). ``relax_fit=N``
+        does this for ``N`` steps before the ELBO's first estimate; a guide without such sites is left as
+        it is."""
+        if type(steps) is not int or steps < 0:
+            raise ValueError(f"steps must be a number of steps (0 or more), got {steps!r}")
+        if not lr > 0:
+            raise ValueError(f"lr must be positive, got {lr!r}")
+        with isolated_rng(derived_seed(self.auto_seed, 0x7E1A)), torch.enable_grad():
+            fit = lambda: self._fit_controls(model, guide, args, kwargs, steps, lr)  # noqa: E731
+            self._resolved(fit, model, guide, args, kwargs)
+
+    def fit_once(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> None:
+        """Fit the RELAX controls for ``relax_fit`` steps (:meth:`fit_controls`) unless this ELBO did
+        already (its first estimate does)."""
+        if not self._fitted:
+            self._fitted = True
+            self.fit_controls(model, guide, *args, steps=self.relax_fit, **kwargs)
+
+    def _fit_controls(self, model: Callable, guide: Callable, args: tuple, kwargs: dict, steps: int, lr: float) -> None:
+        optimizer = None
+        for _ in range(steps):
+            found: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+            for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+                surrogate = self._sums(model_trace, guide_trace, args, kwargs).surrogate
+                if not guide_trace.controls:
+                    return
+                params = param_leaves(model_trace, guide_trace)
+                scaled = surrogate / self.num_particles if self.num_particles > 1 else surrogate
+                for p, g in zip(guide_trace.controls, self._relax_gradients(scaled, params, guide_trace)[1]):
+                    if g is not None:
+                        found[id(p)] = (p, g if id(p) not in found else found[id(p)][1] + g)
+            if optimizer is None:
+                optimizer = torch.optim.Adam([p for p, _ in found.values()], lr=lr)
+                # the step falls linearly to 0: the noise of single-sample gradients does not keep the
+                # control wandering around its optimum at the end
+                schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: 1 - t / steps)
+            saved = {id(p): p.grad for p, _ in found.values()}
+            for p, g in found.values():
+                if not torch.isfinite(g).all():
+                    raise ValueError("RELAX's control got a NaN or infinite gradient while fitting; check the "
+                                     "model's factors, or fit with a lower lr")
+                p.grad = g
+            optimizer.step()
+            schedule.step()
+            for p, _ in found.values():
+                p.grad = saved[id(p)]
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self._options.items())
@@ -455,6 +530,8 @@ class EstimatorELBO(ELBO):
         the callers check the loss is finite (:func:`_raise_non_finite`), where they read it anyway."""
         dim = self._particle_dim()
         self.reruns = 0
+        guide_trace.controls = []  # the parameters of the RELAX controls this trace's surrogate uses
+        guide_trace.relax_weights = []  # and each RELAX site's log q(b) and control c(z~)
         terms, deps, score_sites = self._terms(model_trace, guide_trace)
         loss, surrogate = sg.totals(terms, dim, OPS)
         loss = torch.as_tensor(loss)
@@ -472,8 +549,8 @@ class EstimatorELBO(ELBO):
             if kind == "measure":
                 term = self._measure_term(name, node, terms, deps, guide_trace, args, kwargs)
                 surrogate = surrogate + sg.per_particle(term, dim, OPS)
-            elif kind == "rebar":
-                for term in self._rebar_term(name, node, terms, deps, guide_trace, args, kwargs):
+            else:
+                for term in self._relaxed_term(name, node, terms, deps, guide_trace, args, kwargs):
                     surrogate = surrogate + sg.per_particle(term, dim, OPS)
         return _Particles(loss, torch.as_tensor(surrogate), terms, learned)
 
@@ -520,29 +597,81 @@ class EstimatorELBO(ELBO):
         plate_dims = frozenset(d - len(fn.event_shape) for d in plates)
         return mv.site_term(name, leaf, transforms, value, len(fn.event_shape), plate_dims, cost, self.coupling)
 
-    def _rebar_term(
+    def _relaxed_term(
         self, name: str, node: dict, terms: list[sg.Term], deps: list[frozenset], guide_trace: Trace,
         args: tuple, kwargs: dict,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The surrogate's two parts at the REBAR site ``name`` (:func:`ppl_reparam.pyro.rebar.site_terms`):
-        its cost from this trace, the control variate from reruns at the relaxed values."""
+        """The surrogate's two parts at the REBAR or RELAX site ``name``
+        (:func:`ppl_reparam.pyro.rebar.site_terms`): its cost from this trace, the control variate from
+        reruns at the relaxed bits (Bernoulli sites) and, for RELAX, its network
+        (:mod:`ppl_reparam.pyro.relax`)."""
         fn = node["fn"]
+        kind = fn.elbo_term
         frames = _frames(node)
         value = untrack(node["value"])
-        if fn.uniforms is None or fn.uniforms.shape != value.shape:
-            raise ValueError(_GIVEN_BITS.format(name=name))
+        leaf = leaf_path(fn)[0]
+        shape = relaxation_shape(leaf, value.shape)
+        if fn.uniforms is None or fn.uniforms.shape != shape:
+            raise ValueError(_GIVEN_DRAW.format(name=name, what=_TERM_NAMES[kind]))
         log_q = fn.base_dist.score_parts(value).score_function  # unscaled, as a score-function site's
         site = sg.ScoreSite(name, frames, log_q, node["scale"])
         f = sg.site_costs(terms, deps, [site], OPS)[name]
-        cost, _ = self._rerun_cost(name, node, terms, deps, guide_trace, args, kwargs, grad=True)
+        bits = isinstance(leaf, torch.distributions.Bernoulli)
+        if bits:  # the relaxed bits' cost, from reruns (which draw their seed first)
+            cost, plates = self._rerun_cost(name, node, terms, deps, guide_trace, args, kwargs, grad=True)
+        elif self.compiled:
+            raise ValueError(f"site {name!r}: the RELAX estimator learns its control by a second derivative, which a "
+                             f"compiled graph cannot; use {type(self).__name__.removeprefix('Jit')} for it")
+        else:
+            plates = sg.rerun_layout(name, frames, fn.batch_shape, len(fn.event_shape), terms, deps).plates
+        logits = leaf.logits.expand(shape)
+        finfo = torch.finfo(logits.dtype)
+        v = torch.rand_like(fn.uniforms).clamp(finfo.tiny, 1 - finfo.eps)
+        # the draw is the one these uniforms made
+        z, z_tilde = relaxed_pair(logits, fn.uniforms, v)[1:3] if bits else gumbel_pair(logits, fn.uniforms, v)[1:]
         event = tuple(range(-len(fn.event_shape), 0))
 
-        def control(relaxed: torch.Tensor) -> torch.Tensor:
-            c = cost(relaxed)
+        def relaxed_cost(x: torch.Tensor, temperature: torch.Tensor | float) -> torch.Tensor:
+            c = cost(torch.sigmoid(x / temperature))
             return c.sum(event) if event else c
 
-        logits = leaf_path(fn)[0].logits.expand(value.shape)
-        return rb.site_terms(log_q, f, logits, fn.uniforms, control, self.rebar_eta, self.rebar_temperature)
+        if kind == "rebar":
+            eta, temperature = self.rebar_eta, self.rebar_temperature
+            return rb.site_terms(log_q, f, z, z_tilde, lambda x: eta * relaxed_cost(x, temperature))[:2]
+        module = self._control(name, fn, z, bits, guide_trace)
+        batch = len(fn.batch_shape)
+        kept = tuple(n if i - batch in plates else 1 for i, n in enumerate(fn.batch_shape))
+
+        def control(x: torch.Tensor) -> torch.Tensor:
+            c = sg.reduce_to(module.network(x, batch), kept, OPS)
+            return c + module.eta * relaxed_cost(x, module.log_temperature.exp()) if bits else c
+
+        score, correction, c_tilde = rb.site_terms(log_q, f, z, z_tilde, control)
+        guide_trace.relax_weights.append((log_q, c_tilde))
+        return score, correction
+
+    def _control(
+        self, name: str, fn: torch.distributions.Distribution, z: torch.Tensor, bits: bool, guide_trace: Trace
+    ) -> rx.RelaxControl:
+        """RELAX's control of the site ``name`` (made at its first draw, ``z`` its relaxation), registered
+        with Pyro's param store (:mod:`ppl_reparam.pyro.relax`); its parameters join the trace's
+        ``controls``, which :meth:`_loss_and_grads` trains."""
+        size = math.prod(z.shape[len(fn.batch_shape):])
+        module = self._controls.get(name)
+        if module is None:
+            start = (self.rebar_temperature, self.rebar_eta) if bits else (None, None)
+            with isolated_rng(zlib.crc32(name.encode())):  # its initial weights draw from a stream of their own
+                module = rx.RelaxControl(size, self.relax_hidden, *start)
+            module = self._controls[name] = module.to(dtype=z.dtype, device=z.device)
+        elif module.net[0].in_features != size:
+            raise ValueError(
+                f"site {name!r}: RELAX's control takes {module.net[0].in_features} numbers per batch element (the "
+                f"site's relaxation at its first draw), and this draw has {size}: a site whose event shape "
+                "changes from step to step cannot keep one learned control"
+            )
+        module = pyro.module(rx.PREFIX + name, module, update_module_params=True)
+        guide_trace.controls.extend(module.parameters())
+        return module
 
     def _rerun(
         self, programs: tuple[Callable, Callable], guide_trace: Trace, name: str, value: torch.Tensor, seed: int,
@@ -579,6 +708,44 @@ class EstimatorELBO(ELBO):
                 return self._terms(model_trace, rerun_trace)[0]
         finally:
             mv.ALLOWED.reset(allowed)
+
+    def _relax_gradients(
+        self, surrogate: torch.Tensor, params: list[torch.Tensor], guide_trace: Trace
+    ) -> tuple[list[torch.Tensor | None], list[torch.Tensor | None]]:
+        r"""The gradient estimate :math:`\hat g` of ``params`` (the gradient of ``surrogate``, scaled per
+        particle) and the gradient, in the parameters :math:`\phi` of the trace's RELAX controls, of
+        :math:`\|\hat g_\theta\|^2`, its part in the guide's parameters :math:`\theta`: the
+        single-sample variance up to a constant, which the controls learn to lower
+        (:mod:`ppl_reparam.pyro.relax`).
+
+        With :math:`\hat g_\theta = \sum_i (f_i - c_\phi(\tilde z)_i)\, a_i + h_\phi`, :math:`a_i =
+        \nabla_\theta \log q_i` and :math:`h_\phi = \nabla_\theta (c_\phi(z) - c_\phi(\tilde z))`, the
+        surrogate holds the weights :math:`f_i - c_i` constant (they must not be differentiated in
+        :math:`\theta`), so :math:`\nabla_\phi \|\hat g_\theta\|^2 = 2 \hat g_\theta \cdot
+        \nabla_\phi h_\phi - 2 \sum_i (\hat g_\theta \cdot a_i) \nabla_\phi c_i`: the first term from
+        the graph of :math:`\hat g`, the second from each RELAX site's :math:`\log q` and
+        :math:`c(\tilde z)`, with :math:`\hat g_\theta \cdot a_i` from one more backward pass through
+        :math:`\log q`."""
+        controls = guide_trace.controls
+        grads = torch.autograd.grad(surrogate, params, create_graph=True, allow_unused=True)
+        guide = {id(p) for p in param_leaves(guide_trace)}
+        pairs = [(p, g) for p, g in zip(params, grads) if id(p) in guide and g is not None]
+        detached = [None if g is None else g.detach() for g in grads]
+        if not pairs:
+            return detached, [None] * len(controls)
+        theta, g_theta = zip(*pairs)
+        objective = torch.stack([(g**2).sum() for g in g_theta]).sum()
+        for log_q, c_tilde in guide_trace.relax_weights:
+            # ghat . a_i, summed over the elements i that share an element of c_tilde
+            x = torch.zeros_like(c_tilde, requires_grad=True)
+            a = torch.autograd.grad((log_q * x).sum() / self.num_particles, theta, create_graph=True, allow_unused=True)
+            along = sum((ai * gi.detach()).sum() for ai, gi in zip(a, g_theta) if ai is not None)
+            if isinstance(along, torch.Tensor) and along.requires_grad:
+                (k,) = torch.autograd.grad(along, x)
+                objective = objective - 2 * (k * c_tilde).sum()
+        if not objective.requires_grad:
+            return detached, [None] * len(controls)
+        return detached, list(torch.autograd.grad(objective, controls, allow_unused=True))
 
     def _sums(self, model_trace: Trace, guide_trace: Trace, args: tuple, kwargs: dict) -> _Particles:
         """:meth:`_particle_losses` with the loss and surrogate summed over the trace's particles (0-d)."""
@@ -654,11 +821,24 @@ class EstimatorELBO(ELBO):
             total += value / self.num_particles
             params = param_leaves(model_trace, guide_trace)
             if params and surrogate.requires_grad:
-                (surrogate / self.num_particles if self.num_particles > 1 else surrogate).backward(retain_graph=True)
+                scaled = surrogate / self.num_particles if self.num_particles > 1 else surrogate
+                if guide_trace.controls:
+                    grads, control_grads = self._relax_gradients(scaled, params, guide_trace)
+                    _accumulate(params, grads)
+                    _accumulate(guide_trace.controls, control_grads)
+                else:
+                    scaled.backward(retain_graph=True)
                 _check_gradients(params, terms)
             for site, cost, ctx in costs:
                 self.baseline.update(site, cost, ctx)
         return total
+
+
+def _accumulate(params: list[torch.Tensor], grads: Iterable[torch.Tensor | None]) -> None:
+    """Add ``grads`` to the ``.grad`` of ``params`` (None: nothing), as ``backward`` does."""
+    for p, g in zip(params, grads):
+        if g is not None:
+            p.grad = g if p.grad is None else p.grad + g
 
 
 def _parameters_of(trace: Trace, name: str) -> list[str]:
@@ -768,6 +948,31 @@ class RebarELBO(EstimatorELBO):
     """
 
     estimator = "rebar"
+
+
+class RelaxELBO(EstimatorELBO):
+    r"""A Pyro ELBO whose gradient takes RELAX (Grathwohl et al. 2018) at every Bernoulli, Categorical and
+    OneHotCategorical guide latent: the estimator of :class:`RebarELBO` with a learned control,
+    :math:`\eta\, c(\sigma(z/\lambda)) + r_\rho(z)` at Bernoulli sites and :math:`r_\rho(z)` at categorical
+    ones (:mod:`ppl_reparam.pyro.relax`). Unbiased for the discrete ELBO whatever the control. Each
+    ``loss_and_grads`` (``SVI.step``) also puts into the control's parameters (Pyro params
+    ``relax.<site>$$$...``) the gradient of the squared norm of the guide parameters' estimate, whose
+    mean is that of its variance, so the optimizer that trains the guide trains the control to lower
+    it (at one more backward pass through the estimate); :meth:`differentiable_loss` and
+    :func:`~ppl_reparam.pyro.gradient_variance` leave the control as it is. The control is named after
+    its site, as Pyro params are: RelaxELBOs on the same guide share it. A site of another family is a
+    ValueError naming it.
+
+    :param relax_hidden: hidden units of :math:`r_\rho` (default 32; its output layer starts at zero).
+    :param relax_fit: steps of :meth:`fit_controls` (the control alone, at the current parameters) before
+        the first estimate (default 0), e.g. to measure RELAX with a fitted control by
+        :func:`~ppl_reparam.pyro.gradient_variance`.
+    :param rebar_temperature: the starting :math:`\lambda` (default 0.5); ``rebar_eta``: the starting
+        :math:`\eta` (default 1): at the start RELAX is REBAR.
+    Other options as :class:`ScoreFunctionELBO`'s, without baselines; not compiled.
+    """
+
+    estimator = "relax"
 
 
 class _Compiled:

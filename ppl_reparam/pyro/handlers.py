@@ -11,8 +11,11 @@ A guide site's estimator is decided when it is sampled:
   (:mod:`ppl_reparam.pyro.measure_valued`).
 - ``"rebar"`` (Tucker et al. 2017; Bernoulli sites): the bits are drawn as the sign of a logistic
   relaxation ``z``, kept with them; the ELBO adds REBAR's control variate (:mod:`ppl_reparam.pyro.rebar`).
+- ``"relax"`` (Grathwohl et al. 2018; Bernoulli, Categorical, OneHotCategorical sites): drawn from a
+  logistic or Gumbel relaxation as for REBAR; the ELBO adds a learned control variate
+  (:mod:`ppl_reparam.pyro.relax`).
 
-Only this package's ELBOs implement the last two; under another ELBO (Pyro's ``Trace_ELBO``) such a site
+Only this package's ELBOs implement the last three; under another ELBO (Pyro's ``Trace_ELBO``) such a site
 raises a ValueError rather than silently taking the score function.
 
 Pyro cannot set ``has_rsample`` on ``Independent``, ``TransformedDistribution`` or masked
@@ -37,7 +40,8 @@ from pyro.poutine.subsample_messenger import _Subsample
 
 from .. import noise as qn
 from ..forcing import ForcedGuide, SiteChoices
-from ..measure_valued import check_measure_site, check_rebar_site
+from ..measure_valued import check_measure_site, check_rebar_site, check_relax_site
+from ..surrogate import OWN_TERMS
 from . import measure_valued as mv
 from .provenance import track
 
@@ -98,6 +102,13 @@ def check_rebar(name: str, fn: torch.distributions.Distribution) -> None:
     check_rebar_site(name, mv.family_of(leaf), bool(transforms), describe(fn))
 
 
+def check_relax(name: str, fn: torch.distributions.Distribution) -> None:
+    """Raise a ValueError naming the site unless ``fn`` is a Bernoulli, Categorical or OneHotCategorical
+    under Independent, Masked and Expanded wrappers (RELAX relaxes its draws)."""
+    leaf, transforms = leaf_path(fn)
+    check_relax_site(name, mv.family_of(leaf), bool(transforms), describe(fn))
+
+
 def check_measure(name: str, fn: torch.distributions.Distribution) -> None:
     """Raise a ValueError naming the site if ``fn`` has no weak derivative here."""
     leaf, transforms = leaf_path(fn)
@@ -152,8 +163,8 @@ class EstimatorDistribution(TorchDistribution):
 
     ``reparameterized=True``: samples are ``base_dist.rsample()`` (pathwise), or from ``noise``'s coupled
     draws (:class:`ParticleNoise`); ``False``: samples are ``base_dist.sample()``, detached from autograd
-    and forward-mode tangents (score function, or measure-valued or REBAR with ``elbo_term``; REBAR's
-    bits are the signs of a logistic relaxation whose uniforms :attr:`uniforms` keeps), and carry the site
+    and forward-mode tangents (score function, or measure-valued, REBAR or RELAX with ``elbo_term``; the
+    last two draw from a relaxation whose uniforms :attr:`uniforms` keeps), and carry the site
     names ``deps`` for provenance tracking (:mod:`ppl_reparam.pyro.provenance`; the ELBOs set it).
     ``log_prob``, ``entropy``, support and shapes are those of ``base_dist``.
     """
@@ -192,20 +203,28 @@ class EstimatorDistribution(TorchDistribution):
 
     def sample(self, sample_shape: torch.Size = _EMPTY) -> torch.Tensor:
         with torch.no_grad():
-            if self.elbo_term == "rebar":
-                value = self._relaxed_bits(torch.Size(sample_shape))
+            if self.elbo_term in ("rebar", "relax"):
+                value = self._relaxed_draw(torch.Size(sample_shape))
             else:
                 value = self.base_dist.sample(sample_shape).detach()
         return track(value, self.deps) if self.deps else value
 
-    def _relaxed_bits(self, sample_shape: torch.Size) -> torch.Tensor:
-        """Bernoulli bits as the signs of :math:`z = \theta + \\log u - \\log(1 - u)`, keeping ``u``."""
-        logits = leaf_path(self.base_dist)[0].logits.detach()
-        shape = sample_shape + self.batch_shape + self.event_shape
+    def _relaxed_draw(self, sample_shape: torch.Size) -> torch.Tensor:
+        r"""A draw as a function of uniforms ``u``, which :attr:`uniforms` keeps: Bernoulli bits as the signs
+        of :math:`z = \theta + \log u - \log(1 - u)`, a category as the argmax of :math:`z = \theta -
+        \log(-\log u)` (Gumbel-max; one-hot for a OneHotCategorical)."""
+        leaf = leaf_path(self.base_dist)[0]
+        logits = leaf.logits.detach()
+        shape = relaxation_shape(leaf, sample_shape + self.batch_shape + self.event_shape)
         finfo = torch.finfo(logits.dtype)
         self.uniforms = torch.rand(shape, dtype=logits.dtype, device=logits.device).clamp(finfo.tiny, 1 - finfo.eps)
-        z = logits.expand(shape) + torch.log(self.uniforms) - torch.log1p(-self.uniforms)
-        return (z > 0).to(logits.dtype)
+        if isinstance(leaf, torch.distributions.Bernoulli):
+            z = logits.expand(shape) + torch.log(self.uniforms) - torch.log1p(-self.uniforms)
+            return (z > 0).to(logits.dtype)
+        category = (logits - torch.log(-torch.log(self.uniforms))).argmax(-1)
+        if isinstance(leaf, torch.distributions.OneHotCategorical):
+            return torch.nn.functional.one_hot(category, shape[-1]).to(logits.dtype)
+        return category
 
     def rsample(self, sample_shape: torch.Size = _EMPTY) -> torch.Tensor:
         if not self.has_rsample:
@@ -225,10 +244,10 @@ class EstimatorDistribution(TorchDistribution):
         outside this package's ELBOs."""
         if self.elbo_term is not None:
             if not mv.ALLOWED.get():
-                what = "measure-valued estimator" if self.measure else "REBAR estimator"
+                what = {"measure": "measure-valued estimator", "rebar": "REBAR estimator"}.get(self.elbo_term, "RELAX")
                 raise ValueError(
                     f"a site forced to the {what} is differentiated only by this package's ELBOs "
-                    "(ScoreFunctionELBO, PathwiseELBO, MeasureValuedELBO, RebarELBO); use one of them, or "
+                    "(ScoreFunctionELBO, PathwiseELBO, MeasureValuedELBO, RebarELBO, RelaxELBO); use one of them, or "
                     "another estimator for the site"
                 )
             return ScoreParts(log_prob=self.log_prob(value), score_function=0, entropy_term=0)
@@ -246,6 +265,14 @@ class EstimatorDistribution(TorchDistribution):
     @property
     def variance(self) -> torch.Tensor:
         return self.base_dist.variance
+
+
+def relaxation_shape(leaf: torch.distributions.Distribution, shape: torch.Size) -> torch.Size:
+    """The shape of the relaxation of a draw of ``shape`` from ``leaf``: one more dim, the categories,
+    for a Categorical (whose draw is an index)."""
+    if isinstance(leaf, torch.distributions.Categorical):
+        return shape + leaf.logits.shape[-1:]
+    return shape
 
 
 def is_guide_latent(msg: dict) -> bool:
@@ -276,8 +303,8 @@ def apply_estimator(
         )
     if isinstance(fn, EstimatorDistribution):
         fn = fn.base_dist
-    if estimator in ("measure", "rebar"):
-        (check_measure if estimator == "measure" else check_rebar)(name, fn)
+    if estimator in OWN_TERMS:
+        {"measure": check_measure, "rebar": check_rebar, "relax": check_relax}[estimator](name, fn)
         return EstimatorDistribution(fn, False, frozenset((name,)) if track else frozenset(), elbo_term=estimator)
     pathwise = estimator == "pathwise"
     if pathwise and noise is not None:
@@ -318,7 +345,7 @@ class ForceEstimatorMessenger(Messenger):
             if not (estimator == "pathwise" and self.noise is None and msg["fn"].has_rsample):
                 # (a site that already draws with rsample is pathwise as it is: no wrapper to pay for)
                 msg["fn"] = apply_estimator(msg["name"], msg["fn"], estimator, self.track, self.noise)
-                if estimator in ("measure", "rebar"):
+                if estimator in OWN_TERMS:
                     self.own_terms.append(msg["name"])
             # Record the choice as the site's own request, so that an enclosing handler (an ELBO's
             # blanket estimator) respects it; only sites named there override it.
@@ -333,8 +360,8 @@ def force_estimator(guide: Callable, estimator: str, sites: Iterable[str] | None
     :param estimator: ``"score"`` (score function / REINFORCE: samples detached, gradient through
         ``log q``), ``"pathwise"`` (reparameterized ``rsample``; raises a ValueError naming the site
         for a family without ``rsample``, e.g. Bernoulli), ``"measure"`` (measure-valued), ``"rebar"``
-        (REBAR, Bernoulli sites) or ``"auto"`` (chosen by measurement, :mod:`ppl_reparam.auto`); the
-        last three only under this package's ELBOs.
+        (REBAR, Bernoulli sites), ``"relax"`` (RELAX, Bernoulli and categorical sites) or ``"auto"``
+        (chosen by measurement, :mod:`ppl_reparam.auto`); the last four only under this package's ELBOs.
     :param sites: names of the sites to force; these override a site's own
         ``infer={"estimator": ...}``. With ``sites=None`` every latent site gets ``estimator`` except
         those that ask for one with ``infer``. A named site the guide never samples is an error.

@@ -119,6 +119,20 @@ def relaxed_pair(logits: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> tupl
     return b, z, z_tilde, p
 
 
+def gumbel_pair(logits: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``(b, z, z_tilde)``: the category ``b = argmax z`` of the Gumbel perturbation ``z`` of ``logits``
+    (categories along the last dim) and the conditional resample ``z_tilde ~ p(z | b)``
+    (:mod:`ppl_reparam.mc_gradients`), differentiable in ``logits``."""
+    theta = torch.log_softmax(logits, -1)
+    z = theta - torch.log(-torch.log(u))
+    b = z.argmax(-1).detach()
+    at_b = torch.nn.functional.one_hot(b, logits.shape[-1]).bool()
+    log_e_v = torch.log(-torch.log(v))  # log of the Exp(1) variates -log v
+    top = -log_e_v.gather(-1, b.unsqueeze(-1))  # the max: Gumbel at logsumexp(theta) = 0
+    z_tilde = torch.where(at_b, top, -torch.logaddexp(log_e_v - theta, -top))
+    return b, z, z_tilde
+
+
 def relax_jacobians(
     function: Function,
     control: Function,

