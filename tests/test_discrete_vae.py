@@ -188,17 +188,25 @@ def test_every_run_is_evaluated_on_the_discrete_elbo(tmp_path):
     assert np.isfinite(last["relaxed+t=0.5"]["relaxed_test_elbo"]) and np.isfinite(last["relaxed+t=0.5"]["test_elbo"])
 
 
-def test_discrete_resume_equals_uninterrupted(tmp_path):
-    """Bitwise, with a relaxed run and stateful baselines (moving average; a learned network of the
-    batch, with its Adam state) whose state lives in the checkpoint."""
-    config = replace(TINY, estimators=("score+ma", "score+learned", "relaxed+t=0.5"), variance_every=2)
+def assert_resumes_bit_for_bit(config, tmp_path):
+    """Train ``config`` whole, and in two parts (one epoch, then resumed): the same history (seconds
+    aside) and, run by run, the same parameters bit for bit. Returns both results."""
     full = train_vae(config, tmp_path / "full")
     train_vae(replace(config, epochs=1), tmp_path / "split")
     resumed = train_vae(config, tmp_path / "split", resume=True)
     keep = [{k: v for k, v in h.items() if k != "seconds"} for h in full.history]
     assert repr(keep) == repr([{k: v for k, v in h.items() if k != "seconds"} for h in resumed.history])
     for a, b in zip(full.runs, resumed.runs):
+        assert set(a.scope["params"]) == set(b.scope["params"])
         assert all(torch.equal(a.scope["params"][k], b.scope["params"][k]) for k in a.scope["params"])
+    return full, resumed
+
+
+def test_discrete_resume_equals_uninterrupted(tmp_path):
+    """Bitwise, with a relaxed run and stateful baselines (moving average; a learned network of the
+    batch, with its Adam state) whose state lives in the checkpoint."""
+    config = replace(TINY, estimators=("score+ma", "score+learned", "relaxed+t=0.5"), variance_every=2)
+    _, resumed = assert_resumes_bit_for_bit(config, tmp_path)
     learned = resumed.runs[1].elbo.baseline
     assert set(learned.nets) == {"z"} and learned.nets["z"][0].in_features == 64  # features: the batch x
 

@@ -343,17 +343,9 @@ def test_a_vae_study_with_relax_resumes_bit_for_bit(tmp_path):
     parameters leaves that run's parameters as they were."""
     from dataclasses import replace
 
-    from test_discrete_vae import TINY, train_vae
+    from test_discrete_vae import TINY, assert_resumes_bit_for_bit
 
-    config = replace(TINY, estimators=("score+ma", "relax"), variance_every=2)
-    full = train_vae(config, tmp_path / "full")
-    train_vae(replace(config, epochs=1), tmp_path / "split")
-    resumed = train_vae(config, tmp_path / "split", resume=True)
-    keep = [{k: v for k, v in h.items() if k != "seconds"} for h in full.history]
-    assert repr(keep) == repr([{k: v for k, v in h.items() if k != "seconds"} for h in resumed.history])
-    for a, b in zip(full.runs, resumed.runs):
-        assert set(a.scope["params"]) == set(b.scope["params"])
-        assert all(torch.equal(a.scope["params"][k], b.scope["params"][k]) for k in a.scope["params"])
+    full, _ = assert_resumes_bit_for_bit(replace(TINY, estimators=("score+ma", "relax"), variance_every=2), tmp_path)
     score, relax = (set(r.scope["params"]) for r in full.runs)
     assert not any(n.startswith("relax.") for n in score)
     assert {n for n in relax if n.startswith("relax.")} == {

@@ -321,7 +321,7 @@ def _scratch_scope() -> Iterator[None]:
     """A copy of the param store's contents (the same tensors) for the block: parameters a spec's ELBO
     registers there (a RELAX control, measured on another run's parameters) are dropped after it."""
     store = pyro.get_param_store()
-    with store.scope({"params": dict(store._params), "constraints": dict(store._constraints)}):
+    with store.scope({part: dict(values) for part, values in store.get_state().items()}):
         yield
 
 
