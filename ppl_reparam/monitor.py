@@ -26,6 +26,9 @@ from .choice import CRITERIA, Choice
 from .stats import MIN_REPS
 from .study import Groups, derived_seed, measured_rows, resolve_groups
 
+Target = tuple[Callable, Callable, Any]
+"""``(model, guide, elbo)``: an ELBO measured on a model and guide of its own."""
+
 
 def named_elbos(elbos: Any) -> dict[str, Any]:
     """``{name: elbo}`` from a mapping, or from one ELBO named by its class."""
@@ -36,12 +39,23 @@ def named_elbos(elbos: Any) -> dict[str, Any]:
     return {type(elbos).__name__: elbos}
 
 
+def named_targets(model: Callable, guide: Callable, elbos: Any) -> dict[str, Target]:
+    """``{name: (model, guide, elbo)}``: each of :func:`named_elbos` on ``model`` and ``guide``, but a
+    ``(model, guide, elbo)`` triple given as a mapping's value, which keeps its own model and guide."""
+    return {
+        name: tuple(value) if isinstance(value, tuple) else (model, guide, value)
+        for name, value in named_elbos(elbos).items()
+    }
+
+
 class VarianceMonitor:
     """Every ``every`` steps, the gradient variance and SNR of each ELBO at the current parameters.
 
     :param model, guide: as given to SVI.
     :param elbos: the ELBO to measure, or a mapping from names to ELBOs (estimators compared on the same
-        parameter values; the one the loop optimises need not be among them).
+        parameter values; the one the loop optimises need not be among them) or to ``(model, guide,
+        elbo)`` triples, measured on a model and guide of their own that share the parameters (a
+        relaxed model at another temperature; a guide carrying a baseline's state).
     :param every: measure at the steps divisible by ``every`` (the caller's step count, from 0).
     :param num_reps: independent gradient estimates per measurement (at least 5).
     :param groups: parameter groups (:data:`Groups`); None: one group per parameter.
@@ -76,7 +90,8 @@ class VarianceMonitor:
         if num_reps < MIN_REPS:
             raise ValueError(f"num_reps must be at least {MIN_REPS}, got {num_reps}")
         self.model, self.guide, self.options = model, guide, options
-        self.elbos = named_elbos(elbos)
+        self.targets = named_targets(model, guide, elbos)
+        self.elbos = {name: elbo for name, (_, _, elbo) in self.targets.items()}
         self.every = every
         self.num_reps = num_reps
         self.groups = groups
@@ -85,6 +100,7 @@ class VarianceMonitor:
         self.confidence = confidence
         self.choose, self.criterion = choose, choice.check_criterion(criterion)
         self.rows: list[dict[str, Any]] = []
+        self.stats: dict[str, Any] = {}
         self.choice: Choice | None = None
         self.choices: list[dict[str, Any]] = []
         if self.out is not None:
@@ -96,26 +112,42 @@ class VarianceMonitor:
         """Whether ``step`` is a measuring step."""
         return step % self.every == 0
 
-    def measure(self, step: int, gradient_variance: Callable, *args: Any, **kwargs: Any) -> list[dict[str, Any]] | None:
-        """At a measuring step, ``gradient_variance`` of each ELBO (the ``j``-th under
-        ``derived_seed(seed, step, j)``; ``args`` and ``kwargs`` go to it after the monitor's own), then
-        :meth:`record`; else None."""
+    def measure(
+        self, step: int, gradient_variance: Callable, *args: Any, seed: int | None = None,
+        targets: Mapping[str, Target] | None = None, **kwargs: Any,
+    ) -> list[dict[str, Any]] | None:
+        """At a measuring step, ``gradient_variance`` of each ELBO, then :meth:`record`; else None.
+
+        The ``j``-th ELBO draws under ``derived_seed(seed, step, j)`` and the intervals' bootstrap under
+        ``seed``, the monitor's; a ``seed`` given here is the measurement's own (a caller with its own seed
+        scheme, as ``ppl-reparam vae``): the ``j``-th ELBO then draws under ``derived_seed(seed, j)``.
+        ``targets`` replaces :attr:`targets` for this measurement (the same names: a guide that carries a
+        baseline's state as trained so far). ``args`` and ``kwargs`` go to ``gradient_variance`` after the
+        monitor's own.
+        """
         if not self.due(step):
             return None
+        targets = self.targets if targets is None else targets
+        if list(targets) != list(self.targets):
+            raise ValueError(f"targets must have the monitor's names {list(self.targets)}, got {list(targets)}")
+        keys = (self.seed, step) if seed is None else (seed,)
         stats = {
             name: gradient_variance(
-                elbo, self.model, self.guide, *args, num_reps=self.num_reps, seed=derived_seed(self.seed, step, j),
+                elbo, model, guide, *args, num_reps=self.num_reps, seed=derived_seed(*keys, j),
                 confidence=self.confidence, **self.options, **kwargs,
             )
-            for j, (name, elbo) in enumerate(self.elbos.items())
+            for j, (name, (model, guide, elbo)) in enumerate(targets.items())
         }
-        return self.record(step, stats)
+        return self.record(step, stats, self.seed if seed is None else seed)
 
-    def record(self, step: int, stats: Mapping[str, Any]) -> list[dict[str, Any]]:
-        """Add the rows of one measurement (``{elbo name: GradientStats}``), write the files, return the rows."""
+    def record(self, step: int, stats: Mapping[str, Any], seed: int | None = None) -> list[dict[str, Any]]:
+        """Add the rows of one measurement (``{elbo name: GradientStats}``, kept in :attr:`stats`; the
+        bootstrap under ``seed``, default the monitor's), write the files, return the rows."""
+        self.stats = dict(stats)
         first = next(iter(stats.values()))
         groups = resolve_groups(self.groups, list(first))
-        rows = [{"step": step, **row} for row in measured_rows(stats, groups, self.confidence, self.seed)]
+        seed = self.seed if seed is None else seed
+        rows = [{"step": step, **row} for row in measured_rows(stats, groups, self.confidence, seed)]
         self.rows.extend(rows)
         if self.choose is not None:
             self.choice = choice.choose(rows, self.choose, self.criterion)

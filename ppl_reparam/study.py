@@ -139,6 +139,19 @@ def comparison_rows(
     return rows
 
 
+def study_rows(
+    monitor: Any, rows: Sequence[Mapping[str, Any]], seed: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The rows of a study's measurement by a :class:`~ppl_reparam.monitor.VarianceMonitor` whose ELBOs
+    are named by their specs: ``rows`` (the monitor's, without their ``step``) and the
+    :func:`comparison_rows` of its last measurement (bootstrap under ``seed``)."""
+    stats = monitor.stats
+    specs = {name: parse_run_spec(name) for name in stats}
+    groups = resolve_groups(monitor.groups, list(next(iter(stats.values()))))
+    comparisons = comparison_rows(stats, specs, groups, monitor.confidence, seed)
+    return [{k: v for k, v in r.items() if k != "step"} for r in rows], comparisons
+
+
 def group_names(names: Sequence[str] | Mapping[str, Any]) -> dict[str, list[str]]:
     """The parameter names of each group in :data:`GROUPS`, by the first component of the name."""
     return {g: [n for n in names if n.split(".")[0] == g] for g in GROUPS}

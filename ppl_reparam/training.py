@@ -5,13 +5,14 @@ run from the same initial weights, by minibatch SVI (each step's loss estimates 
 Hoffman, Blei, Wang and Paisley, "Stochastic Variational Inference", JMLR 2013). Epoch 0 is the
 untrained model. After every epoch it estimates each run's test ELBO (the same seed for every run); at
 epoch 0, every ``config.variance_every`` epochs and the last, it measures every estimator's gradient
-variance at the current parameters of every run (or of ``config.measure_on``) on one fixed batch; after
-every epoch it writes a checkpoint atomically, from which ``resume=True`` continues exactly as the
-uninterrupted run would have.
+variance at the current parameters of every run (or of ``config.measure_on``) on one fixed batch, each
+measured run's by a :class:`~ppl_reparam.monitor.VarianceMonitor` whose ``variance.csv`` and
+``variance.png`` in ``live/<run>/`` follow the measurements during training; after every epoch it
+writes a checkpoint atomically, from which ``resume=True`` continues exactly as the uninterrupted run would have.
 
 What touches a framework is the backend's :class:`StudyBackend`: building the runs (from the model
-factory it was given, so the library never imports the shipped models), the test ELBO, a measurement,
-the checkpoint's format and the image rows. Both backends' results have the same rows and columns
+factory it was given, so the library never imports the shipped models), the test ELBO, the monitor, a
+measurement, the checkpoint's format and the image rows. Both backends' results have the same rows and columns
 (:class:`~ppl_reparam.study.VAEResult`), written by the same code.
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -30,8 +32,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .data import Dataset, load_dataset
+from .monitor import VarianceMonitor
 from .report import check_output_folder, remove_stale_temporaries
 from .study import VAEConfig, VAEResult, derived_seed
+
+LIVE = "live"
+"""The folder of ``--out`` where each measured run's :class:`~ppl_reparam.monitor.VarianceMonitor` keeps
+its ``variance.csv`` and ``variance.png`` up to date during training (``live/<run>/``)."""
 
 CHECKPOINTS = {"pyro": "checkpoint.pt", "numpyro": "checkpoint.npz"}
 """Each backend's checkpoint file in a run's folder."""
@@ -67,12 +74,17 @@ class StudyBackend(Protocol):
     def test_elbo(self, run: Run, x_test: np.ndarray, config: VAEConfig, seed: int) -> dict[str, float]:
         """``test_elbo`` and ``test_elbo_se`` (and model-specific columns) of ``run`` on ``x_test``."""
 
+    def monitor(self, run: Run, runs: Sequence[Run], config: VAEConfig, out: Path | None) -> VarianceMonitor:
+        """The backend's :class:`~ppl_reparam.monitor.VarianceMonitor` of every spec (named by it) at
+        ``run``'s parameters, its encoder and decoder as groups, writing its live files into ``out``."""
+
     def measure(
-        self, run: Run, runs: Sequence[Run], config: VAEConfig, x: np.ndarray, num_data: int, seed: int
+        self, monitor: VarianceMonitor, run: Run, runs: Sequence[Run], x: np.ndarray, num_data: int, seed: int,
+        epoch: int,
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """Every spec's gradient variance at ``run``'s parameters on the batch ``x``: rows and comparisons
-        (:func:`~ppl_reparam.study.group_rows`, :func:`~ppl_reparam.study.comparison_rows`); a spec with a
-        stateful baseline is measured with the baseline of the run of ``runs`` trained with it."""
+        """One measurement by ``monitor`` of every spec's gradient variance at ``run``'s parameters on the
+        batch ``x``, recorded at ``epoch``: rows and comparisons (:func:`~ppl_reparam.study.study_rows`);
+        a spec with a stateful baseline is measured with the baseline of the run of ``runs`` trained with it."""
 
     def save(self, path: Path, meta: dict[str, Any], runs: Sequence[Run]) -> None:
         """Write ``meta`` (JSON-able) and every run's state to ``path`` atomically."""
@@ -113,6 +125,28 @@ def check_complete(meta: dict[str, Any], runs: Sequence[Run], path: Path) -> Non
         )
 
 
+def live_name(run: str) -> str:
+    """A folder name for a run's spec: characters other than letters, digits and ``.+=-`` become ``_``."""
+    return re.sub(r"[^A-Za-z0-9.+=-]", "_", run)
+
+
+def clear_live(folder: Path, keep: Sequence[str] = ()) -> None:
+    """Remove the live monitor files (and temporaries) an earlier run left in ``folder/live/<run>/``, and
+    the folders of runs other than ``keep`` (live names) once empty: a fresh start's live set is its own."""
+    live = folder / LIVE
+    if not live.is_dir():
+        return
+    for sub in live.iterdir():
+        if sub.is_dir():
+            remove_stale_temporaries(sub)
+            for name in ("variance.csv", "variance.png", "choices.csv"):
+                (sub / name).unlink(missing_ok=True)
+            if sub.name not in keep and not any(sub.iterdir()):
+                sub.rmdir()
+    if not any(live.iterdir()):
+        live.rmdir()
+
+
 def train_vae(
     config: VAEConfig,
     out: str | os.PathLike[str],
@@ -146,7 +180,8 @@ def train_vae(
             f"--out {folder} holds a run (its checkpoint {path.name}); pass --resume to continue it, --overwrite "
             "to start over (its results are then replaced), or give another --out"
         )
-    remove_stale_temporaries(folder)
+    for stale in (folder, *(p for p in (folder / LIVE).glob("*") if p.is_dir())):
+        remove_stale_temporaries(stale)
     terminal = sys.stderr.isatty()
 
     def say(line: str) -> None:
@@ -163,6 +198,10 @@ def train_vae(
     x_fixed = data.train[: min(config.batch_size, num_data)]
     runs = backend.build_runs(config, data)
     measured = [(i, r) for i, r in enumerate(runs) if not config.measure_on or r.name in config.measure_on]
+    monitors = {
+        run.name: backend.monitor(run, runs, config, folder / LIVE / live_name(run.name))
+        for _, run in measured if config.variance_reps
+    }
     variance: list[dict[str, Any]] = []
     comparison: list[dict[str, Any]] = []
 
@@ -176,7 +215,7 @@ def train_vae(
             say(f"epoch {epoch}: measuring {len(runs)} estimators' gradients on the parameters of {run.name} "
                 f"({config.variance_reps} repetitions each)")
             seed = derived_seed(config.seed, epoch, i)
-            rows, comparisons = backend.measure(run, runs, config, x_fixed, num_data, seed)
+            rows, comparisons = backend.measure(monitors[run.name], run, runs, x_fixed, num_data, seed, epoch)
             variance.extend({"epoch": epoch, "trained_with": run.name, **r} for r in rows)
             comparison.extend({"epoch": epoch, "trained_with": run.name, **c} for c in comparisons)
 
@@ -191,8 +230,12 @@ def train_vae(
         meta = backend.load(path, runs)
         _check_resume(meta, path, config, backend)
         variance, comparison = list(meta["variance"]), list(meta["comparison"])
+        for name, monitor in monitors.items():  # the live files go on from the measurements made
+            monitor.rows = [{"step": r["epoch"], **{k: v for k, v in r.items() if k not in ("epoch", "trained_with")}}
+                            for r in variance if r["trained_with"] == name]
     else:
         backend.check(runs, config, x_fixed, num_data)
+        clear_live(folder, [live_name(name) for name in monitors])
         for run in runs:
             evaluate(run, 0, math.nan, 0.0)
         if config.variance_reps:

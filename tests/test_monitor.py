@@ -206,3 +206,33 @@ def test_choosing_at_every_measurement(loop, tmp_path):
         assert [r["chosen"] for r in csv.DictReader(f)] == ["pathwise"] * len(monitor.choices)
     with pytest.raises(ValueError, match="unknown criterion 'time'"):
         loop.monitor(choose="guide", criterion="time")
+
+
+def test_a_measurement_seed_and_own_model_and_guide(loop):
+    """``measure(..., seed=s)`` draws the j-th ELBO under derived_seed(s, j) and bootstraps under s (the
+    seed scheme of ``ppl-reparam vae``); a (model, guide, elbo) triple is measured on its own model and
+    guide; ``targets=`` must keep the monitor's names."""
+    elbos = loop.elbos()
+    calls = []
+
+    def guide(*args, **kwargs):
+        calls.append("own guide")
+        return loop.guide(*args, **kwargs)
+
+    monitor = type(loop.monitor())(loop.model, loop.guide, {"score": elbos["score"],
+                                                              "pathwise": (loop.model, guide, elbos["pathwise"])},
+                                   every=1, num_reps=REPS)
+    assert monitor.elbos == elbos
+    snapshot = {}
+    loop.run(snapshot=snapshot)
+    gv = loop.nr.gradient_variance if isinstance(loop, NumPyroLoop) else loop.pr.gradient_variance
+    extra = {"params": snapshot[STEPS - 1]} if isinstance(loop, NumPyroLoop) else {}
+    rows = monitor.measure(4, gv, loop.data, seed=11, **extra)
+    assert calls and {r["step"] for r in rows} == {4}
+    for j, (label, elbo) in enumerate(elbos.items()):
+        direct = loop.direct(snapshot[STEPS - 1], elbo, derived_seed(11, j))
+        (row,) = [r for r in rows if (r["measured"], r["group"]) == (label, "q.loc")]
+        assert row["total_variance"] == pytest.approx(float(np.sum(direct["q.loc"].variance)), rel=1e-12)
+        assert monitor.stats[label]["q.loc"].variance == pytest.approx(direct["q.loc"].variance, rel=1e-12)
+    with pytest.raises(ValueError, match=r"targets must have the monitor's names \['score', 'pathwise'\]"):
+        monitor.measure(0, gv, loop.data, targets={"score": (loop.model, loop.guide, elbos["score"])}, **extra)

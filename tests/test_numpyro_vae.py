@@ -20,6 +20,7 @@ from numpyro.handlers import replay
 from numpyro.infer import Trace_ELBO
 from numpyro.infer.util import log_density
 from numpyro.primitives import Messenger
+from test_vae import assert_live_files_follow
 
 from ppl_reparam import models, training
 from ppl_reparam.cli.vae import summary
@@ -192,6 +193,7 @@ def test_resume_equals_uninterrupted(tmp_path):
     train_vae_numpyro(first, tmp_path / "resumed", progress=False)
     assert load_checkpoint(tmp_path / "resumed" / CHECKPOINT)[0]["epoch"] == 1
     resumed = train_vae_numpyro(config, tmp_path / "resumed", resume=True, progress=False)
+    assert_live_files_follow(tmp_path / "resumed", resumed)
 
     assert set(straight.history[0]) == {"epoch", "estimator", "train_elbo", "test_elbo", "test_elbo_se", "seconds"}
     assert [(h["epoch"], h["estimator"]) for h in straight.history] == [

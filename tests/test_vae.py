@@ -149,14 +149,33 @@ def _assert_same(a, b):
         assert pa.keys() == pb.keys() and all(torch.equal(pa[k], pb[k]) for k in pa)
 
 
+def assert_live_files_follow(folder, result):
+    """Each measured run's VarianceMonitor wrote live/<run>/variance.csv and variance.png: the study's
+    variance rows of that run (a resumed run's monitor goes on from the checkpoint's rows)."""
+    runs = sorted({r["trained_with"] for r in result.variance})
+    assert runs and sorted(p.name for p in (folder / training.LIVE).iterdir()) == sorted(map(training.live_name, runs))
+    for run in runs:
+        live = folder / training.LIVE / training.live_name(run)
+        with open(live / "variance.csv") as f:
+            written = list(csv.DictReader(f))
+        expected = [{"step": r["epoch"], **{k: v for k, v in r.items() if k not in ("epoch", "trained_with")}}
+                    for r in result.variance if r["trained_with"] == run]
+        assert [{k: v for k, v in r.items() if "seconds" not in k} for r in written] == [
+            {k: str(v) for k, v in r.items() if "seconds" not in k} for r in expected
+        ]
+        assert (live / "variance.png").stat().st_size > 0
+
+
 def test_resume_equals_uninterrupted(tmp_path):
     """Bitwise: the checkpoint holds parameters, Adam state and every RNG state, so the resumed run
-    draws the same numbers in the same order."""
+    draws the same numbers in the same order; the live monitor files go on from the checkpoint."""
     full = train_vae(TINY, tmp_path / "full")
     train_vae(replace(TINY, epochs=1), tmp_path / "split")
     assert load_checkpoint(tmp_path / "split" / CHECKPOINT)["epoch"] == 1
     resumed = train_vae(TINY, tmp_path / "split", resume=True)
     _assert_same(full, resumed)
+    assert_live_files_follow(tmp_path / "full", full)
+    assert_live_files_follow(tmp_path / "split", resumed)
     dynamic = replace(TINY, dynamic_binarization=True, estimators=("score",), compare=False, variance_reps=0)
     full = train_vae(dynamic, tmp_path / "dyn-full")
     train_vae(replace(dynamic, epochs=1), tmp_path / "dyn-split")
@@ -181,7 +200,9 @@ def test_interrupted_run_keeps_last_checkpoint_and_resumes(tmp_path, monkeypatch
         train_vae(TINY, tmp_path / "cut")
     monkeypatch.setattr(TrainingRun, "train_epoch", original)
     assert load_checkpoint(tmp_path / "cut" / CHECKPOINT)["epoch"] == 1
-    assert [p.name for p in (tmp_path / "cut").iterdir()] == [CHECKPOINT]  # no temporary files left
+    written = sorted(str(p.relative_to(tmp_path / "cut")) for p in (tmp_path / "cut").rglob("*") if p.is_file())
+    assert written == [CHECKPOINT, *(f"live/{run}/variance.{ext}" for run in ("pathwise", "score")
+                                     for ext in ("csv", "png"))]  # no temporary files left
     _assert_same(full, train_vae(TINY, tmp_path / "cut", resume=True))
 
 
@@ -236,7 +257,7 @@ def test_cli_end_to_end(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "test ELBO by PathwiseELBO with 10 particles" in printed and "ratio" in printed
     names = {"history.csv", "variance.csv", "comparison.csv", "results.json", "elbo.png", "variance.png",
-             "summary.png", "images.png", CHECKPOINT, "manifest.json"}
+             "summary.png", "images.png", CHECKPOINT, "manifest.json", training.LIVE}
     assert {p.name for p in out.iterdir()} == names
     with open(out / "history.csv") as f:
         history = list(csv.DictReader(f))

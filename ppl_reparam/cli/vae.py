@@ -35,7 +35,9 @@ of the run trained with it, as trained so far.
 Files in ``--out``: ``history.csv``, ``variance.csv``, ``comparison.csv``, ``results.json``,
 ``elbo.png``, ``variance.png``, ``summary.png`` (test ELBO curves beside each estimator's per-sample
 encoder variance at the last measurement), ``images.png`` and ``checkpoint.pt`` (atomic, every
-epoch; ``--resume``). For the discrete model, relaxed runs also get the relaxed objective on the test
+epoch; ``--resume``); during training each measured run's
+:class:`~ppl_reparam.monitor.VarianceMonitor` keeps ``live/<run>/variance.csv`` and ``variance.png``
+up to date. For the discrete model, relaxed runs also get the relaxed objective on the test
 set (``relaxed_test_elbo``), to set against their discrete ELBO: the gap is the relaxation's bias.
 """
 

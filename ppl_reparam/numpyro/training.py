@@ -52,9 +52,10 @@ from ..data import Dataset, binarize, minibatches
 from ..report import atomic_write_checked, read_checked
 from ..specs import EstimatorSpec, RelaxedSpec, RunSpec, parse_run_spec
 from ..stats import GradientStats
-from ..study import VAEConfig, comparison_rows, derived_seed, group_names, measured_rows
+from ..study import GROUPS, VAEConfig, study_rows
 from ..training import CHECKPOINTS, check_complete
 from .baselines import LearnedBaseline
+from .monitor import VarianceMonitor
 from .specs import make_elbo
 from .variance import gradient_variance
 
@@ -68,8 +69,10 @@ __all__ = [
     "load_checkpoint",
     "make_run_elbo",
     "measure_estimators",
+    "measure_with",
     "run_arrays",
     "save_checkpoint",
+    "study_monitor",
     "warm_up_baseline",
 ]
 
@@ -309,6 +312,39 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[
     return meta, arrays
 
 
+def study_monitor(
+    targets: Mapping[str, tuple[Callable, Callable, ELBO]], *, num_reps: int, confidence: float = 0.95,
+    out: str | os.PathLike[str] | None = None,
+) -> VarianceMonitor:
+    """The :class:`~ppl_reparam.numpyro.VarianceMonitor` of the VAE study: every named spec in
+    ``targets`` (name: its spec) on its own ``(model, guide, elbo)``, the encoder's and the decoder's
+    parameters as groups, measuring every step it is asked to with ``num_reps`` repetitions.
+
+    ``targets[name]`` is ``(model, guide, elbo)``: the model and guide at the spec's relaxation
+    temperature (they share the parameter names, so the same ``params`` serve all), the guide carrying
+    the state of a stateful baseline where it has one (:attr:`TrainingRun.trained_guide`, or
+    :func:`with_baseline_state` for the initial state), and the spec's ELBO; the same ELBO objects are
+    measured every time, so each compiles once. ``out``: the monitor's live ``variance.csv`` and
+    ``variance.png``.
+    """
+    model, guide, _ = next(iter(targets.values()))
+    return VarianceMonitor(model, guide, dict(targets), every=1, num_reps=num_reps,
+                           groups={g: [g] for g in GROUPS}, out=out, confidence=confidence)
+
+
+def measure_with(
+    monitor: VarianceMonitor, params: Mapping[str, jax.Array], step: int, x: np.ndarray, num_data: int, seed: int,
+    targets: Mapping[str, tuple[Callable, Callable, ELBO]] | None = None,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """One measurement of ``monitor`` (:func:`study_monitor`) at ``params`` on the fixed batch ``x`` (so
+    the spread is the estimator's alone, not minibatch noise), recorded at ``step``, each spec under
+    ``derived_seed(seed, j)``; ``targets`` replaces the monitor's for this measurement (guides carrying
+    baseline states as trained so far). Returns ``(rows, comparisons)`` with the columns of
+    :func:`ppl_reparam.pyro.training.measure_with` (:func:`~ppl_reparam.study.study_rows`)."""
+    rows = monitor.measure(step, gradient_variance, x, params=params, seed=seed, targets=targets, num_data=num_data)
+    return study_rows(monitor, rows, seed)
+
+
 def measure_estimators(
     targets: Mapping[str, tuple[Callable, Callable, ELBO]],
     params: Mapping[str, jax.Array],
@@ -319,27 +355,11 @@ def measure_estimators(
     seed: int,
     confidence: float = 0.95,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Gradient variance of every named spec in ``targets`` (name: its spec) at the same ``params``.
-
-    ``targets[name]`` is ``(model, guide, elbo)``: the model and guide at the spec's relaxation
-    temperature (they share the parameter names, so the same ``params`` serve all), the guide carrying
-    the state of a stateful baseline where it has one (:attr:`TrainingRun.trained_guide`, or
-    :func:`with_baseline_state` for the initial state), and the spec's ELBO; pass the same objects every
-    time to reuse the compiled function. Each gets :func:`~ppl_reparam.numpyro.gradient_variance` with
-    ``num_reps`` repetitions on the fixed batch ``x`` (so the spread is the estimator's alone, not
-    minibatch noise), under its own seed. Returns ``(rows, comparisons)`` with the columns of
-    :func:`ppl_reparam.pyro.training.measure_estimators` (:func:`~ppl_reparam.study.measured_rows`,
-    :func:`~ppl_reparam.study.comparison_rows`).
-    """
-    stats = {}
-    for j, (name, (model, guide, elbo)) in enumerate(targets.items()):
-        stats[name] = gradient_variance(
-            elbo, model, guide, x, params=params, num_reps=num_reps, seed=derived_seed(seed, j),
-            confidence=confidence, num_data=num_data,
-        )
-    groups = group_names(next(iter(stats.values())))
-    specs = {name: parse_run_spec(name) for name in stats}
-    return measured_rows(stats, groups, confidence, seed), comparison_rows(stats, specs, groups, confidence, seed)
+    """Gradient variance of every named spec in ``targets`` (name: its spec) at the same ``params``:
+    :func:`measure_with` of a fresh :func:`study_monitor` (:func:`~ppl_reparam.numpyro.gradient_variance`
+    with ``num_reps`` repetitions, intervals at level ``confidence``)."""
+    return measure_with(study_monitor(targets, num_reps=num_reps, confidence=confidence), params, 0, x, num_data,
+                        seed)
 
 
 def check_applies(
@@ -464,14 +484,22 @@ class VAEStudy:
             row |= {"relaxed_test_elbo": relaxed, "relaxed_test_elbo_se": se_relaxed}
         return row
 
+    def monitor(
+        self, run: TrainingRun, runs: Sequence[TrainingRun], config: VAEConfig, out: Path | None
+    ) -> VarianceMonitor:
+        """:func:`study_monitor` of every spec, each with the model, guide and ELBO of the run trained
+        with it (its temperature)."""
+        return study_monitor({r.name: (r.model, r.trained_guide, r.elbo) for r in runs},
+                             num_reps=config.variance_reps, out=out)
+
     def measure(
-        self, run: TrainingRun, runs: Sequence[TrainingRun], config: VAEConfig, x: np.ndarray, num_data: int,
-        seed: int,
+        self, monitor: VarianceMonitor, run: TrainingRun, runs: Sequence[TrainingRun], x: np.ndarray,
+        num_data: int, seed: int, epoch: int,
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """:func:`measure_estimators` of every spec at ``run``'s parameters, each spec with the model and
-        guide of the run trained with it (its temperature; its baseline as trained so far)."""
+        """:func:`measure_with` ``monitor`` at ``run``'s parameters, recorded at ``epoch``, each spec with
+        the guide of the run trained with it as trained so far (its baseline's state)."""
         targets = {r.name: (r.model, r.trained_guide, r.elbo) for r in runs}
-        return measure_estimators(targets, run.params, x, num_data, num_reps=config.variance_reps, seed=seed)
+        return measure_with(monitor, run.params, epoch, x, num_data, seed, targets)
 
     def save(self, path: Path, meta: dict[str, Any], runs: Sequence[TrainingRun]) -> None:
         meta, arrays = dict(meta, runs=[]), {}

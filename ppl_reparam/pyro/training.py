@@ -38,9 +38,10 @@ from pyro.optim import Adam
 from ..data import Dataset, binarize, minibatches
 from ..report import atomic_write_checked, read_checked
 from ..specs import EstimatorSpec, RelaxedSpec, RunSpec, parse_run_spec
-from ..study import VAEConfig, comparison_rows, derived_seed, group_names, measured_rows
+from ..study import GROUPS, VAEConfig, study_rows
 from ..training import CHECKPOINTS, check_complete
 from .baselines import LearnedBaseline
+from .monitor import VarianceMonitor
 from .specs import make_elbo
 from .variance import gradient_variance, isolated_rng
 
@@ -278,6 +279,57 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------- the VAE study
+def at_temperature(fn: Callable, model: Any, guide: Any, temperature: float | None) -> Callable:
+    """``fn`` (``model`` or ``guide``) called with both at ``temperature`` (:func:`relaxation`)."""
+
+    def relaxed(*args: Any, **kwargs: Any) -> Any:
+        with relaxation(model, guide, temperature):
+            return fn(*args, **kwargs)
+
+    return relaxed
+
+
+def study_monitor(
+    run: TrainingRun,
+    estimators: Sequence[RunSpec | str],
+    *,
+    num_reps: int,
+    confidence: float = 0.95,
+    elbos: Mapping[str, ELBO] | None = None,
+    method: str = "auto",
+    out: str | os.PathLike[str] | None = None,
+) -> VarianceMonitor:
+    """The :class:`~ppl_reparam.pyro.VarianceMonitor` of the VAE study on ``run``'s model and guide:
+    every estimator spec in ``estimators``, each with the model and guide at the spec's relaxation
+    temperature (:func:`temperature_of`) and with the ELBO of ``elbos`` (spec name: ELBO, e.g. a trained
+    run's, whose baseline has learned) or a fresh one (:func:`make_run_elbo`); the encoder's and the
+    decoder's parameters as groups; measuring every step it is asked to, with ``num_reps`` repetitions
+    and ``method``. ``out``: the monitor's live ``variance.csv`` and ``variance.png``."""
+    specs = [parse_run_spec(e) if isinstance(e, str) else e for e in estimators]
+    model, guide = run.model, run.guide
+    targets = {}
+    for spec in specs:
+        t = temperature_of(spec)
+        targets[str(spec)] = (
+            at_temperature(model, model, guide, t), at_temperature(guide, model, guide, t),
+            (elbos or {}).get(str(spec)) or make_run_elbo(spec),
+        )
+    return VarianceMonitor(model, guide, targets, every=1, num_reps=num_reps, groups={g: [g] for g in GROUPS},
+                           out=out, confidence=confidence, method=method)
+
+
+def measure_with(
+    monitor: VarianceMonitor, run: TrainingRun, step: int, x: torch.Tensor, num_data: int, seed: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """One measurement of ``monitor`` (:func:`study_monitor`) at ``run``'s current parameters on the fixed
+    batch ``x`` (so the spread is the estimator's alone, not minibatch noise), recorded at ``step``,
+    each spec under ``derived_seed(seed, j)`` (independent draws). Returns ``(rows, comparisons)``: a
+    row per spec and group (:func:`~ppl_reparam.study.measured_rows`), and :func:`comparison_rows`."""
+    with run.active(), _scratch_scope():
+        rows = monitor.measure(step, gradient_variance, x, seed=seed, num_data=num_data)
+    return study_rows(monitor, rows, seed)
+
+
 def measure_estimators(
     run: TrainingRun,
     estimators: Sequence[RunSpec | str],
@@ -290,30 +342,11 @@ def measure_estimators(
     elbos: Mapping[str, ELBO] | None = None,
     method: str = "auto",
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Gradient variance of every estimator spec in ``estimators`` at ``run``'s current parameters.
-
-    Each spec gets :func:`~ppl_reparam.pyro.gradient_variance` (``method``) with ``num_reps``
-    repetitions on the fixed batch ``x`` (so the spread is the estimator's alone, not minibatch noise),
-    under its own seed (independent draws), with the model and guide at the spec's relaxation
-    temperature (:func:`temperature_of`); intervals at level ``confidence``. ``elbos`` maps spec names
-    to ELBOs to measure with instead of fresh ones (:func:`make_run_elbo`): a trained run's, whose
-    baseline has learned. Returns ``(rows, comparisons)``: a row per spec and group
-    (:func:`~ppl_reparam.study.measured_rows`), and :func:`comparison_rows`.
-    """
-    specs = {str(s): s for s in (parse_run_spec(e) if isinstance(e, str) else e for e in estimators)}
-    stats = {}
-    with run.active(), _scratch_scope():
-        for j, (name, spec) in enumerate(specs.items()):
-            elbo = (elbos or {}).get(name) or make_run_elbo(spec)
-            with relaxation(run.model, run.guide, temperature_of(spec)):
-                stats[name] = gradient_variance(
-                    elbo, run.model, run.guide, x, num_reps=num_reps, seed=derived_seed(seed, j), method=method,
-                    num_data=num_data,
-                )
-    groups = group_names(next(iter(stats.values())))
-    particles = {name: spec.particles for name, spec in specs.items()}
-    rows = measured_rows(stats, groups, confidence, seed, particles)
-    return rows, comparison_rows(stats, specs, groups, confidence, seed)
+    """Gradient variance of every estimator spec in ``estimators`` at ``run``'s current parameters:
+    :func:`measure_with` of a fresh :func:`study_monitor` (:func:`~ppl_reparam.pyro.gradient_variance`
+    with ``method`` and ``num_reps`` repetitions, intervals at level ``confidence``)."""
+    monitor = study_monitor(run, estimators, num_reps=num_reps, confidence=confidence, elbos=elbos, method=method)
+    return measure_with(monitor, run, 0, x, num_data, seed)
 
 
 @contextmanager
@@ -375,16 +408,20 @@ class VAEStudy:
                 row |= {"relaxed_test_elbo": relaxed, "relaxed_test_elbo_se": se_relaxed}
         return row
 
+    def monitor(
+        self, run: TrainingRun, runs: Sequence[TrainingRun], config: VAEConfig, out: Path | None
+    ) -> VarianceMonitor:
+        """:func:`study_monitor` of every spec at ``run``'s parameters, each spec with the ELBO of the run
+        trained with it (its baseline as trained so far)."""
+        return study_monitor(run, config.specs, num_reps=config.variance_reps, elbos={r.name: r.elbo for r in runs},
+                             out=out)
+
     def measure(
-        self, run: TrainingRun, runs: Sequence[TrainingRun], config: VAEConfig, x: np.ndarray, num_data: int,
-        seed: int,
+        self, monitor: VarianceMonitor, run: TrainingRun, runs: Sequence[TrainingRun], x: np.ndarray,
+        num_data: int, seed: int, epoch: int,
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """:func:`measure_estimators` of every spec at ``run``'s parameters, each spec with the ELBO of
-        the run trained with it (its baseline as trained so far)."""
-        return measure_estimators(
-            run, config.specs, torch.from_numpy(x), num_data, num_reps=config.variance_reps, seed=seed,
-            elbos={r.name: r.elbo for r in runs},
-        )
+        """:func:`measure_with` ``monitor`` at ``run``'s parameters, recorded at ``epoch``."""
+        return measure_with(monitor, run, epoch, torch.from_numpy(x), num_data, seed)
 
     def save(self, path: Path, meta: dict[str, Any], runs: Sequence[TrainingRun]) -> None:
         save_checkpoint({**meta, "runs": [r.state_dict() for r in runs]}, path)
