@@ -24,12 +24,13 @@ BACKEND_API = (
     "MovingAverageBaseline",
     "PathwiseELBO",
     "RebarELBO",
+    "RelaxELBO",
     "ScoreFunctionELBO",
     "VarianceMonitor",
     "compare_estimators",
     "force_estimator",
     "gradient_variance",
 )
-"""The public names of both backends (the Pyro one adds ``AmortizedNormal``, a torch module, the
-``pyro.ops.jit``-compiled ``JitScoreFunctionELBO`` and ``JitPathwiseELBO`` (NumPyro's ELBOs run under
-``jax.jit`` as they are), and ``RelaxELBO``, whose control learns inside Pyro's ``loss_and_grads``)."""
+"""The public names of both backends (the Pyro one adds ``AmortizedNormal``, a torch module, and the
+``pyro.ops.jit``-compiled ``JitScoreFunctionELBO`` and ``JitPathwiseELBO``: NumPyro's ELBOs run under
+``jax.jit`` as they are)."""

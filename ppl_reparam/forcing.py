@@ -30,7 +30,7 @@ def check_estimator(estimator: str, where: str = "", auto: bool = False) -> str:
     if estimator not in (REQUESTS if auto else ESTIMATORS):
         at = f" at {where}" if where else ""
         also = (", 'measure' (measure-valued), 'rebar' (REBAR, Bernoulli sites), 'relax' (RELAX, Bernoulli and "
-                "categorical sites, Pyro)")
+                "categorical sites)")
         also += " or 'auto' (chosen by measurement)" if auto else ""
         raise ValueError(
             f"unknown estimator {estimator!r}{at}; expected 'score' (score function / REINFORCE), "

@@ -52,9 +52,9 @@ def test_both_backends_export_the_same_names():
     import ppl_reparam.numpyro as numpyro_backend
     import ppl_reparam.pyro as pyro_backend
 
-    # AmortizedNormal wraps a torch module, RelaxELBO learns inside Pyro's loss_and_grads; everything else
-    # has a NumPyro twin of the same name.
-    pyro_only = {"AmortizedNormal", "JitPathwiseELBO", "JitScoreFunctionELBO", "RelaxELBO"}
+    # AmortizedNormal wraps a torch module, the Jit classes compile with pyro.ops.jit (NumPyro's run under
+    # jax.jit as they are); everything else has a NumPyro twin of the same name.
+    pyro_only = {"AmortizedNormal", "JitPathwiseELBO", "JitScoreFunctionELBO"}
     # NumPyro chooses "auto" sites' estimators before training (its loss runs under jit); Pyro's ELBOs
     # choose during it
     numpyro_only = {"ResolvedGuide", "choose_site_estimators"}

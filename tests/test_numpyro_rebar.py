@@ -75,5 +75,5 @@ def test_errors():
     with pytest.raises(ValueError, match="baselines apply to the score function"):
         RebarELBO(baseline="ma")
     given = numpyro.handlers.substitute(guide, data={"b": jnp.ones((2, 3))})
-    with pytest.raises(ValueError, match="site 'b': REBAR needs the bits its own sampler drew"):
+    with pytest.raises(ValueError, match="site 'b': the REBAR estimator needs the draw its own sampler made"):
         jax.grad(lambda p: RebarELBO().loss(jax.random.PRNGKey(0), p, model, given))({"l": LOGITS})

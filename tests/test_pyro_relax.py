@@ -269,24 +269,6 @@ def test_fit_controls_leaves_the_rest_alone_and_lowers_the_variance():
     assert fitted < 0.85 * rebar, (fitted, rebar)
 
 
-def test_numpyro_refuses_relax():
-    import jax
-    import numpyro
-    import numpyro.distributions as ndist
-
-    from ppl_reparam.numpyro import ScoreFunctionELBO as NumPyroScore
-    from ppl_reparam.numpyro import force_estimator as numpyro_force
-
-    def model():
-        numpyro.sample("b", ndist.Bernoulli(0.4))
-
-    def guide():
-        numpyro.sample("b", ndist.BernoulliLogits(numpyro.param("l", 0.2)))
-
-    with pytest.raises(ValueError, match="site 'b': RELAX .* is built for the Pyro backend only"):
-        NumPyroScore().loss(jax.random.PRNGKey(0), {}, model, numpyro_force(guide, "relax"))
-
-
 def test_the_corpus_discrete_sites_run():
     """Every corpus model with Bernoulli or categorical guide sites, those sites forced to RELAX: a finite
     loss, finite gradients, and every control parameter in the param store."""

@@ -72,8 +72,9 @@ def test_make_elbo():
     assert (relax.rebar_temperature, relax.rebar_eta, relax.relax_fit) == (2.0, 0.5, 30)
 
 
-def test_relax_is_pyro_only_in_numpyro():
+def test_relax_in_numpyro():
+    from ppl_reparam.numpyro import RelaxELBO as NumPyroRelax
     from ppl_reparam.numpyro.specs import make_elbo as numpyro_elbo
 
-    with pytest.raises(ValueError, match="RELAX .* is built for the Pyro backend only"):
-        numpyro_elbo("relax")
+    assert numpyro_elbo("relax+t=2+eta=0.5+fit=30:2") == NumPyroRelax(
+        num_particles=2, rebar_temperature=2.0, rebar_eta=0.5, relax_fit=30)

@@ -27,7 +27,7 @@ class OneLineParser(argparse.ArgumentParser):
 SPEC_HELP = """estimator specs: BASE[+OPTION...][:K], comma-separated where a list is taken
   BASE      score (score function / REINFORCE), pathwise (reparameterization), measure (measure-valued),
             rebar (REBAR, Bernoulli sites), relax (RELAX, a learned control; Bernoulli and categorical
-            sites, Pyro), iwae (importance-weighted bound, pathwise gradient),
+            sites), iwae (importance-weighted bound, pathwise gradient),
             iwae-vimco (VIMCO), iwae-dreg (DReG);
             relaxed+t=T (the discrete VAE's Concrete relaxation at temperature T, trained pathwise)
   OPTION    akl (closed-form KL / entropy), stl (sticking the landing, pathwise only),

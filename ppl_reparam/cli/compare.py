@@ -166,11 +166,11 @@ class NumPyroTarget:
         return nullcontext()  # the parameters are passed explicitly
 
     def check(self, spec: Any) -> None:
-        from ..numpyro.training import check_applies, with_baseline_state
+        from ..numpyro.training import check_applies, with_elbo_state
 
         model, guide = self.at(spec)
         elbo = self.make_elbo(spec)
-        check_applies(elbo, model, with_baseline_state(elbo, guide), self.params, *self.args, **self.kwargs)
+        check_applies(elbo, model, with_elbo_state(elbo, guide), self.params, *self.args, **self.kwargs)
 
     def gradient_stats(self, spec: Any, reps: int, seed: int, warmup: int, warmup_seed: int,
                        confidence: float) -> GradientStats:

@@ -8,7 +8,7 @@ from .. import BACKEND_API
 from ..forcing import ESTIMATORS
 from .auto import ResolvedGuide, choose_site_estimators
 from .baselines import ConstantBaseline, LearnedBaseline, LeaveOneOutBaseline, MovingAverageBaseline
-from .elbo import MeasureValuedELBO, PathwiseELBO, RebarELBO, ScoreFunctionELBO
+from .elbo import MeasureValuedELBO, PathwiseELBO, RebarELBO, RelaxELBO, ScoreFunctionELBO
 from .guides import MeanField
 from .handlers import EstimatorDistribution, force_estimator
 from .iwae import IWAE

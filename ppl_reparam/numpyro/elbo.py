@@ -45,21 +45,25 @@ check can run and the NaN or inf is returned (SVI's parameters then become NaN):
 step: it also returns the stateful baseline's updated state (and other mutable sites' values, from the
 first particle); ``loss`` never updates anything.
 
-A site forced to the measure-valued estimator (:class:`MeasureValuedELBO`, ``"measure"``) or to REBAR
-(:class:`RebarELBO`, ``"rebar"``) adds a term of its own instead of the score term, from reruns of guide
-and model traced into the loss (:mod:`ppl_reparam.numpyro.measure_valued`; REBAR's maths in
-:mod:`ppl_reparam.pyro.rebar`); ``"auto"`` sites are resolved before training, by
+A site forced to the measure-valued estimator (:class:`MeasureValuedELBO`, ``"measure"``), to REBAR
+(:class:`RebarELBO`, ``"rebar"``) or to RELAX (:class:`RelaxELBO`, ``"relax"``) adds a term of its own
+instead of the score term, from reruns of guide and model traced into the loss
+(:mod:`ppl_reparam.numpyro.measure_valued`; REBAR's maths in :mod:`ppl_reparam.pyro.rebar`, RELAX's
+control in :mod:`ppl_reparam.numpyro.relax`); ``"auto"`` sites are resolved before training, by
 :func:`ppl_reparam.numpyro.choose_site_estimators`.
 """
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Callable, Iterable
+from functools import lru_cache
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpyro
 from jax import random
 from jax.lax import stop_gradient
 from numpyro.distributions import (
@@ -75,6 +79,8 @@ from numpyro.distributions.kl import kl_divergence
 from numpyro.handlers import replay, seed, substitute, trace
 from numpyro.infer.elbo import ELBO
 from numpyro.ops.provenance import eval_provenance
+from numpyro.optim import Adam
+from numpyro.primitives import Messenger
 from numpyro.util import check_model_guide_match
 
 from .. import surrogate as sg
@@ -82,17 +88,25 @@ from ..forcing import check_estimator, check_named_sites, checking_sites
 from ..mc_gradients import check_rebar_options
 from ..noise import check_noise
 from . import measure_valued as mv
+from . import relax as rx
 from .baselines import STATE_PREFIX, Baseline, Context, make_baseline, subsampled_frames
 from .handlers import (
     EstimatorDistribution,
     ForceEstimatorMessenger,
     ParticleNoise,
     describe,
+    force_estimator,
     is_guide_latent,
     leaf_distribution,
     leaf_path,
+    relaxation_shape,
 )
-from .mc_gradients import relaxed_pair
+from .mc_gradients import gumbel_pair, relaxed_pair
+
+_GIVEN_DRAW = (
+    "site {name!r}: the {what} needs the draw its own sampler made (with its relaxation's uniforms), but the "
+    "value was given (replayed, substituted or conditioned); use 'score' or 'measure' for this site"
+)
 
 
 class _JaxOps:
@@ -125,8 +139,8 @@ def _is_score_site(site: dict) -> bool:
 
 
 def _elbo_term(site: dict) -> str | None:
-    """``"measure"`` or ``"rebar"`` at a guide latent forced to one of them (the ELBO adds its term),
-    else None."""
+    """``"measure"``, ``"rebar"`` or ``"relax"`` at a guide latent forced to one of them (the ELBO adds its
+    term), else None."""
     return getattr(site["fn"], "elbo_term", None) if site["type"] == "sample" else None
 
 
@@ -249,6 +263,8 @@ class EstimatorELBO(ELBO):
         coupling: bool = True,
         rebar_temperature: float = 0.5,
         rebar_eta: float = 1.0,
+        relax_hidden: int = 32,
+        relax_fit: int = 0,
     ):
         check_estimator(self.estimator)
         self.baseline = make_baseline(baseline)
@@ -259,6 +275,11 @@ class EstimatorELBO(ELBO):
         self.stl = bool(stl)
         self.coupling = bool(coupling)
         self.rebar_temperature, self.rebar_eta = check_rebar_options(rebar_temperature, rebar_eta)
+        if type(relax_hidden) is not int or relax_hidden < 1:
+            raise ValueError(f"relax_hidden must be a positive number of hidden units, got {relax_hidden!r}")
+        if type(relax_fit) is not int or relax_fit < 0:
+            raise ValueError(f"relax_fit must be a number of steps (0 or more), got {relax_fit!r}")
+        self.relax_hidden, self.relax_fit = relax_hidden, relax_fit
         self.reruns = 0  # runs of guide and model the measure-valued sites took in the last traced particle
         super().__init__(num_particles=int(num_particles), vectorize_particles=vectorize_particles)
 
@@ -269,13 +290,17 @@ class EstimatorELBO(ELBO):
             f"sites={self.sites!r}, baseline={self.baseline!r}, stl={self.stl}"
             + (f", {self.noise}=True" if self.noise else "")
             + (", coupling=False" if not self.coupling else "")
-            + (f", rebar_temperature={self.rebar_temperature}, rebar_eta={self.rebar_eta})"
-               if (self.rebar_temperature, self.rebar_eta) != (0.5, 1.0) else ")")
+            + (f", rebar_temperature={self.rebar_temperature}, rebar_eta={self.rebar_eta}"
+               if (self.rebar_temperature, self.rebar_eta) != (0.5, 1.0) else "")
+            + (f", relax_hidden={self.relax_hidden}" if self.relax_hidden != 32 else "")
+            + (f", relax_fit={self.relax_fit}" if self.relax_fit else "")
+            + ")"
         )
 
     def _config(self) -> tuple:
         return (type(self), self.num_particles, self.vectorize_particles, self.analytic_kl, self.sites,
-                self.baseline, self.stl, self.noise, self.coupling, self.rebar_temperature, self.rebar_eta)
+                self.baseline, self.stl, self.noise, self.coupling, self.rebar_temperature, self.rebar_eta,
+                self.relax_hidden, self.relax_fit)
 
     # Equal options make equal ELBOs: the ELBO is a static argument of the jitted functions
     # (gradient_variance, SVI's update), so a fresh ELBO with the same options reuses their compiled code.
@@ -424,11 +449,19 @@ class EstimatorELBO(ELBO):
                 surrogate = surrogate + jnp.sum(sg.score_term(site, costs[site.name], None, OPS))
         else:
             out["score"] = self._score_parts(score_sites, costs, guide_trace, info)
+        relax = {}
         for site in measured:
             traced = (model_trace, guide_trace, keys, param_map, model, guide, args, kwargs, info.get("plates"))
-            own = self._measure_term if _elbo_term(site) == "measure" else self._rebar_term
-            surrogate = surrogate + jnp.sum(own(site, terms, deps, *traced))
+            if _elbo_term(site) == "measure":
+                surrogate = surrogate + jnp.sum(self._measure_term(site, terms, deps, *traced))
+            else:
+                term, relax_parts = self._relaxed_term(site, terms, deps, *traced)
+                surrogate = surrogate + term
+                if relax_parts is not None:
+                    relax[site["name"]] = relax_parts
         out["surrogate"] = jnp.sum(surrogate)
+        out["relax"] = relax
+        info["guide_params"] = [n for n, s in guide_trace.items() if s["type"] == "param" and not rx.is_control(n)]
         out["mutable"] = {
             name: site["value"]
             for tr in (guide_trace, model_trace)
@@ -494,35 +527,84 @@ class EstimatorELBO(ELBO):
         value = stop_gradient(site["value"])
         return mv.site_term(site["name"], leaf, transforms, value, event_dim, plate_dims, cost, self.coupling, key)
 
-    def _rebar_term(self, site: dict, terms: list[sg.Term], deps: list[frozenset], *traced: Any) -> jax.Array:
-        """The surrogate of a REBAR site, summed (:mod:`ppl_reparam.pyro.rebar` has the maths): its cost
-        from this trace, the control variate from reruns at the relaxed values."""
+    def _relaxed_term(
+        self, site: dict, terms: list[sg.Term], deps: list[frozenset], *traced: Any
+    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+        """The surrogate of a REBAR or RELAX site, summed (:mod:`ppl_reparam.pyro.rebar` has the maths): its
+        cost from this trace, the control variate from reruns at the relaxed bits (Bernoulli sites) and, for
+        RELAX, its network (:mod:`ppl_reparam.numpyro.relax`); and for RELAX, ``(log q(b), c(z~))``, which
+        :meth:`_control_objective` takes (None for REBAR)."""
         name, fn = site["name"], site["fn"]
+        kind = fn.elbo_term
         frames = frozenset(site["cond_indep_stack"])
         value = stop_gradient(site["value"])
+        leaf = leaf_path(fn)[0]
+        shape = relaxation_shape(leaf, jnp.shape(value))
+        if len(site["intermediates"]) != 1 or jnp.shape(site["intermediates"][0]) != shape:
+            raise ValueError(_GIVEN_DRAW.format(name=name, what="REBAR estimator" if kind == "rebar" else
+                                                "RELAX estimator"))
         log_q = _unmasked(fn).log_prob(value)
         score = sg.ScoreSite(name, frames, log_q, 1.0 if site["scale"] is None else site["scale"])
         f = sg.site_costs(terms, deps, [score], OPS)[name]
-        cost, _, key = self._rerun_cost(site, terms, deps, *traced, grad=True)
-        event = tuple(range(-len(fn.event_shape), 0))
-        logits = jnp.broadcast_to(leaf_path(fn)[0].logits, jnp.shape(value))
-        if len(site["intermediates"]) != 1 or jnp.shape(site["intermediates"][0]) != jnp.shape(value):
-            raise ValueError(
-                f"site {name!r}: REBAR needs the bits its own sampler drew (with their relaxation's uniforms), but "
-                "the value was given (replayed, substituted or conditioned); use 'score' or 'measure' for this site"
-            )
+        bits = mv.family_of(leaf) == "Bernoulli"
+        if bits:
+            cost, plates, key = self._rerun_cost(site, terms, deps, *traced, grad=True)
+        else:
+            plates = sg.rerun_layout(name, frames, fn.batch_shape, len(fn.event_shape), terms, deps).plates
+            key = random.split(random.fold_in(traced[2][0], zlib.crc32(name.encode())), 3)[0]
+        logits = jnp.broadcast_to(leaf.logits, shape)
         (uniforms,) = site["intermediates"]
         tiny = jnp.finfo(jnp.result_type(float)).eps
-        v = jnp.clip(random.uniform(key, jnp.shape(value)), tiny, 1 - tiny)
-        _, z, z_tilde, _ = relaxed_pair(logits, uniforms, v)  # its bits are the site's: the same uniforms
+        v = jnp.clip(random.uniform(key, shape), tiny, 1 - tiny)
+        # the draw is the one these uniforms made
+        z, z_tilde = relaxed_pair(logits, uniforms, v)[1:3] if bits else gumbel_pair(logits, uniforms, v)[1:]
+        event = tuple(range(-len(fn.event_shape), 0))
 
-        def control(x: jax.Array) -> jax.Array:
-            c = cost(jax.nn.sigmoid(x / self.rebar_temperature))
+        def relaxed_cost(x: jax.Array, temperature: jax.Array | float) -> jax.Array:
+            c = cost(jax.nn.sigmoid(x / temperature))
             return jnp.sum(c, event) if event else c
 
+        if kind == "rebar":
+            c_z, c_tilde = relaxed_cost(z, self.rebar_temperature), relaxed_cost(z_tilde, self.rebar_temperature)
+            weight = stop_gradient(f - self.rebar_eta * c_tilde)
+            return jnp.sum(log_q * weight) + self.rebar_eta * jnp.sum(c_z - c_tilde), None
+        params = self._control_params(name, traced[1], z, len(fn.batch_shape), bits)
+        batch = len(fn.batch_shape)
+        kept = tuple(n if i - batch in plates else 1 for i, n in enumerate(fn.batch_shape))
+
+        def control(x: jax.Array) -> jax.Array:
+            c = sg.reduce_to(rx.network(params, name, x, batch), kept, OPS)
+            if bits:
+                eta, log_temperature = (params[rx.param_name(name, part)] for part in rx.RELAXED)
+                c = c + eta * relaxed_cost(x, jnp.exp(log_temperature))
+            return c
+
         c_z, c_tilde = control(z), control(z_tilde)
-        weight = stop_gradient(f - self.rebar_eta * c_tilde)
-        return jnp.sum(log_q * weight) + self.rebar_eta * jnp.sum(c_z - c_tilde)
+        return jnp.sum(log_q * stop_gradient(f - c_tilde)) + jnp.sum(c_z - c_tilde), (log_q, c_tilde)
+
+    def _control_params(
+        self, name: str, guide_trace: dict, z: jax.Array, batch_dims: int, bits: bool
+    ) -> dict[str, jax.Array]:
+        """The params of RELAX's control of the site ``name`` (``z`` its relaxation), as the guide declares
+        them (:meth:`with_controls`) in ``guide_trace``; a ValueError naming the site where they are missing
+        or made for another size of relaxation."""
+        names = [rx.param_name(name, part) for part in rx.PARTS + (rx.RELAXED if bits else ())]
+        if any(guide_trace.get(n, {}).get("type") != "param" for n in names):
+            raise ValueError(
+                f"site {name!r}: RELAX's control lives in NumPyro params that the guide declares ({names[0]}, ...), "
+                "and this guide declares none: train with SVI(model, elbo.with_controls(guide), optim, loss=elbo), "
+                "and measure with that guide and its params"
+            )
+        params = {n: guide_trace[n]["value"] for n in names}
+        size = int(math.prod(jnp.shape(z)[batch_dims:]))
+        declared = jnp.shape(params[names[0]])[0]
+        if declared != size:
+            raise ValueError(
+                f"site {name!r}: RELAX's control takes {declared} numbers per batch element (the site's relaxation "
+                f"when the guide declared it), and this draw has {size}: a site whose event shape changes cannot "
+                "keep one learned control"
+            )
+        return params
 
     def _score_parts(self, score_sites: list[sg.ScoreSite], costs: dict, guide_trace: dict, info: dict) -> dict:
         """For each score-function site: its log q, its unscaled cost and its scale, each of log q's
@@ -554,9 +636,10 @@ class EstimatorELBO(ELBO):
         args: tuple,
         kwargs: dict,
         update: bool,
-    ) -> tuple[jax.Array, jax.Array, dict]:
-        """Per-particle losses and surrogates, and the mutable state (updated by the baseline when
-        ``update``, i.e. in a training step)."""
+    ) -> tuple[jax.Array, jax.Array, dict, dict, list[str]]:
+        """Per-particle losses and surrogates, the mutable state (updated by the baseline when ``update``,
+        i.e. in a training step), each RELAX site's per-particle ``(log q(b), c(z~))`` and the names of the
+        guide's params (RELAX's controls aside)."""
         allowed = mv.ALLOWED.set(True)
         try:
             return self._run_allowed(rng_key, param_map, model, guide, args, kwargs, update)
@@ -566,7 +649,7 @@ class EstimatorELBO(ELBO):
     def _run_allowed(
         self, rng_key: jax.Array, param_map: dict, model: Callable, guide: Callable, args: tuple, kwargs: dict,
         update: bool,
-    ) -> tuple[jax.Array, jax.Array, dict]:
+    ) -> tuple[jax.Array, jax.Array, dict, dict, list[str]]:
         # ``info`` is a side channel out of ``vmap``: the particle function fills it with static facts
         # (each term's site and distribution, each score site's name and reduced dims), known once
         # traced and the same for every particle, which cannot be returned as arrays through vmap.
@@ -616,7 +699,7 @@ class EstimatorELBO(ELBO):
             surrogates = surrogates + score.reshape(score.shape[0], -1).sum(1)
             if update and self.baseline.stateful:
                 state[STATE_PREFIX + name] = self.baseline.update(name, cost, site_state, ctx)
-        return losses, surrogates, state
+        return losses, surrogates, state, out["relax"], info["guide_params"]
 
     def particle_losses(
         self, rng_key: jax.Array, param_map: dict, model: Callable, guide: Callable, *args: Any, **kwargs: Any
@@ -628,7 +711,7 @@ class EstimatorELBO(ELBO):
         (``vectorize_particles=True``), ``jax.lax.map`` (False) or the callable given. Raises a
         ValueError naming the site when a loss term is NaN or infinite (outside JAX transformations).
         """
-        losses, surrogates, _ = self._run(rng_key, param_map, model, guide, args, kwargs, update=False)
+        losses, surrogates = self._run(rng_key, param_map, model, guide, args, kwargs, update=False)[:2]
         return losses, surrogates
 
     # ---------------------------------------------------------------------------- public API
@@ -636,9 +719,9 @@ class EstimatorELBO(ELBO):
         self, rng_key: jax.Array, param_map: dict, model: Callable, guide: Callable, *args: Any, **kwargs: Any
     ) -> jax.Array:
         """The loss estimate, -ELBO, from ``num_particles`` samples; its gradient is the surrogate's
-        (what :class:`numpyro.infer.SVI` differentiates). Never updates a baseline."""
-        losses, surrogates, _ = self._run(rng_key, param_map, model, guide, args, kwargs, update=False)
-        return _with_gradient_of(losses, surrogates)
+        (what :class:`numpyro.infer.SVI` differentiates), and in the params of RELAX's controls that of
+        :meth:`_control_objective`. Never updates a baseline."""
+        return self._loss(rng_key, param_map, model, guide, args, kwargs, update=False)[0]
 
     def loss_with_mutable_state(
         self, rng_key: jax.Array, param_map: dict, model: Callable, guide: Callable, *args: Any, **kwargs: Any
@@ -647,8 +730,134 @@ class EstimatorELBO(ELBO):
         baseline's state updated from this step's costs, other ``numpyro.mutable`` sites' values from
         the first particle. :class:`numpyro.infer.SVI` calls it when the model or guide declares
         mutable sites (:meth:`~ppl_reparam.numpyro.baselines.Baseline.with_state`)."""
-        losses, surrogates, state = self._run(rng_key, param_map, model, guide, args, kwargs, update=True)
-        return {"loss": _with_gradient_of(losses, surrogates), "mutable_state": state or None}
+        loss, state = self._loss(rng_key, param_map, model, guide, args, kwargs, update=True)
+        return {"loss": loss, "mutable_state": state or None}
+
+    def _loss(
+        self, rng_key: jax.Array, param_map: dict, model: Callable, guide: Callable, args: tuple, kwargs: dict,
+        update: bool,
+    ) -> tuple[jax.Array, dict]:
+        """The loss of :meth:`loss` and the mutable state of :meth:`_run`. The estimate is taken with
+        RELAX's controls held (their gradient there would be noise of mean zero); where there are RELAX
+        sites, :meth:`_control_objective` adds their gradient, at no cost to the loss's value."""
+        held = {k: stop_gradient(v) if rx.is_control(k) else v for k, v in param_map.items()}
+        losses, surrogates, state, relax, guide_params = self._run(rng_key, held, model, guide, args, kwargs, update)
+        loss = _with_gradient_of(losses, surrogates)
+        if relax:
+            objective = self._control_objective(rng_key, param_map, model, guide, args, kwargs, guide_params)
+            loss = loss + objective - stop_gradient(objective)
+        return loss, state
+
+    def _control_objective(
+        self, rng_key: jax.Array, param_map: dict, model: Callable, guide: Callable, args: tuple, kwargs: dict,
+        guide_params: list[str],
+    ) -> jax.Array:
+        r""":math:`\|\hat g_\theta\|^2` as a function of the params :math:`\phi` of RELAX's controls (every
+        other param held), :math:`\hat g_\theta` the estimate of the guide's params :math:`\theta` on the
+        draws of ``rng_key``: its gradient in :math:`\phi` is that of the single-sample variance, which the
+        controls learn to lower (:mod:`ppl_reparam.pyro.relax`).
+
+        With :math:`\hat g_\theta = \frac1N \sum_i (f_i - c_\phi(\tilde z)_i)\, a_i + h_\phi`,
+        :math:`a_i = \nabla_\theta \log q_i`, the surrogate holds the weights :math:`f_i - c_i`, so the
+        gradient through them is added: :math:`\nabla_\phi \|\hat g_\theta\|^2 = \nabla_\phi
+        \|\hat g_\theta\|^2\big|_{\text{weights held}} - \frac2N \sum_i (\hat g_\theta \cdot a_i)
+        \nabla_\phi c_i`, with :math:`\hat g_\theta \cdot a_i` the derivative of :math:`\log q_i` along
+        :math:`\hat g_\theta` (one forward-mode pass)."""
+        controls = {k: v for k, v in param_map.items() if rx.is_control(k)}
+        fixed = {k: stop_gradient(v) for k, v in param_map.items() if k not in controls}
+        theta = {k: fixed[k] for k in guide_params if k in fixed}
+
+        def run(theta: dict, controls: dict) -> tuple[jax.Array, dict]:
+            out = self._run(rng_key, {**fixed, **theta, **controls}, model, guide, args, kwargs, update=False)
+            return jnp.mean(out[1]), out[3]
+
+        g, relax = jax.grad(run, has_aux=True)(theta, controls)
+        held = stop_gradient(controls)
+        along = jax.jvp(lambda t: {n: parts[0] for n, parts in run(t, held)[1].items()}, (theta,),
+                        (stop_gradient(g),))[1]
+        objective = sum(jnp.sum(x**2) for x in jax.tree.leaves(g))
+        for name, (_, c_tilde) in relax.items():
+            objective = objective - 2 / self.num_particles * jnp.sum(stop_gradient(along[name]) * c_tilde)
+        return objective
+
+    def with_controls(self, guide: Callable) -> Callable:
+        """``guide`` declaring, after it runs, the params of RELAX's control of each of its sites forced
+        to ``"relax"`` (:mod:`ppl_reparam.numpyro.relax`: named ``relax.<site>.<part>``, initial values
+        from the site's name, so that RELAX starts as REBAR), for ``SVI(model, elbo.with_controls(guide),
+        optim, loss=elbo)`` to train them beside the guide, and for ``gradient_variance`` to find them. The
+        guide runs forced as this ELBO forces it (``estimator``, ``sites``; a site's own ``infer`` holds
+        where it does), so that ``SVI.init`` finds the sites too. The same object for equal ELBOs and the
+        same guide (compiled code is shared); a guide this made is returned as it is."""
+        return guide if getattr(guide, "relax_controls", False) else _controlled(self, guide)
+
+    def fit_controls(
+        self, rng_key: jax.Array, params: dict, model: Callable, guide: Callable, *args: Any, steps: int,
+        lr: float = 1e-3, **kwargs: Any,
+    ) -> dict:
+        """``params`` with RELAX's controls trained for ``steps`` steps of Adam (learning rate ``lr``,
+        decaying linearly to 0) on the gradient :meth:`loss` gives them (:meth:`_control_objective`), every
+        other param held; one compiled loop, its draws from ``rng_key``. ``params`` are constrained values
+        holding the controls (``guide`` declares them: :meth:`with_controls`); a ValueError if it holds none
+        or fitting gives a NaN or infinite value. As Pyro's :meth:`ppl_reparam.pyro.RelaxELBO.fit_controls`."""
+        if type(steps) is not int or steps < 0:
+            raise ValueError(f"steps must be a number of steps (0 or more), got {steps!r}")
+        controls = {k: v for k, v in params.items() if rx.is_control(k)}
+        if not controls:
+            raise ValueError("fit_controls: params hold no RELAX control (relax.<site>.<part>); take them from a "
+                             "guide made by elbo.with_controls(guide)")
+        if not steps:
+            return dict(params)
+        others = {k: v for k, v in params.items() if k not in controls}
+        optim = Adam(lambda i: lr * (1 - i / steps))
+
+        def step(state: Any, key: jax.Array) -> tuple[Any, None]:
+            grads = jax.grad(lambda c: self.loss(key, {**others, **c}, model, guide, *args, **kwargs))(
+                optim.get_params(state)
+            )
+            return optim.update(grads, state), None
+
+        state, _ = jax.jit(lambda s, keys: jax.lax.scan(step, s, keys))(optim.init(controls),
+                                                                         random.split(rng_key, steps))
+        fitted = optim.get_params(state)
+        if not all(bool(jnp.all(jnp.isfinite(v))) for v in fitted.values()):
+            raise ValueError("RELAX's control got a NaN or infinite value while fitting; check the model's factors, "
+                             "or fit with a lower lr")
+        return {**params, **fitted}
+
+
+@lru_cache(maxsize=64)
+def _controlled(elbo: EstimatorELBO, guide: Callable) -> Callable:
+    """:meth:`EstimatorELBO.with_controls`, one object per (equal ELBO, guide)."""
+    hidden, start = elbo.relax_hidden, (elbo.rebar_temperature, elbo.rebar_eta)
+    forced = force_estimator(guide, elbo.estimator, elbo.sites)  # as the ELBO forces it, also in SVI.init
+
+    def controlled(*args: Any, **kwargs: Any) -> Any:
+        sites = _RelaxSites()
+        with sites:
+            result = forced(*args, **kwargs)
+        for name, (size, bits) in sites.found.items():
+            for param, value in rx.initial(name, size, hidden, *(start if bits else (None, None))).items():
+                numpyro.param(param, value)
+        return result
+
+    controlled.relax_controls = True
+    return controlled
+
+
+class _RelaxSites(Messenger):
+    """Records each sample site forced to ``"relax"`` with the size of its relaxation per batch element
+    and whether it is a Bernoulli site (:meth:`EstimatorELBO.with_controls`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.found: dict[str, tuple[int, bool]] = {}
+
+    def postprocess_message(self, msg: dict) -> None:
+        fn = msg.get("fn")
+        if msg["type"] == "sample" and getattr(fn, "elbo_term", None) == "relax":
+            leaf = leaf_path(fn)[0]
+            shape = relaxation_shape(leaf, jnp.shape(msg["value"]))
+            self.found[msg["name"]] = (int(math.prod(shape[len(fn.batch_shape):])), mv.family_of(leaf) == "Bernoulli")
 
 
 def _with_gradient_of(losses: jax.Array, surrogates: jax.Array) -> jax.Array:
@@ -704,6 +913,27 @@ class RebarELBO(EstimatorELBO):
     """
 
     estimator = "rebar"
+
+
+class RelaxELBO(EstimatorELBO):
+    r"""A NumPyro ELBO whose gradient takes RELAX (Grathwohl et al. 2018) at every Bernoulli and Categorical
+    guide latent, as Pyro's :class:`ppl_reparam.pyro.RelaxELBO`: the estimator of :class:`RebarELBO` with a
+    learned control, :math:`\eta\, c(\sigma(z/\lambda)) + r_\rho(z)` at Bernoulli sites and
+    :math:`r_\rho(z)` at Categorical ones (:mod:`ppl_reparam.numpyro.relax`). Unbiased for the discrete
+    ELBO whatever the control. The control's params are NumPyro params that the guide declares: train
+    with ``SVI(model, elbo.with_controls(guide), optim, loss=elbo)``; the loss's gradient in them is that
+    of the squared norm of the guide parameters' estimate (:meth:`_control_objective`), whose mean is
+    that of its variance, so SVI's optimizer trains the control to lower it.
+    :func:`~ppl_reparam.numpyro.gradient_variance` measures the other params' gradients with the control
+    as it is in ``params``. A site of another family is a ValueError naming it.
+
+    :param relax_hidden: hidden units of :math:`r_\rho` (default 32; its output layer starts at zero).
+    :param rebar_temperature: the starting :math:`\lambda` (default 0.5); ``rebar_eta``: the starting
+        :math:`\eta` (default 1): at the start RELAX is REBAR.
+    Other options as :class:`ScoreFunctionELBO`'s, without baselines.
+    """
+
+    estimator = "relax"
 
 
 class PathwiseELBO(EstimatorELBO):

@@ -12,8 +12,11 @@ A guide site's estimator is decided when it is sampled:
 - ``"rebar"`` (Tucker et al. 2017; Bernoulli sites): the bits are drawn as the sign of a logistic
   relaxation, its uniforms kept as the site's intermediates; the ELBO adds REBAR's control variate
   (:mod:`ppl_reparam.pyro.rebar` has the maths).
+- ``"relax"`` (Grathwohl et al. 2018; Bernoulli and Categorical sites): drawn as for REBAR, a category
+  as the argmax of a Gumbel perturbation (Gumbel-max) of the logits; the ELBO adds RELAX's learned
+  control variate (:mod:`ppl_reparam.numpyro.relax`).
 
-Only this package's ELBOs implement the last two; under another ELBO (NumPyro's ``Trace_ELBO``) the
+Only this package's ELBOs implement the last three; under another ELBO (NumPyro's ``Trace_ELBO``) the
 site's ``log_prob`` raises a ValueError rather than letting a silently biased gradient through.
 
 NumPyro's ``has_rsample`` is a read-only property computed from the family's parameters, and NumPyro
@@ -45,7 +48,7 @@ from numpyro.primitives import Messenger
 
 from .. import noise as qn
 from ..forcing import ForcedGuide, SiteChoices
-from ..measure_valued import check_measure_site, check_rebar_site
+from ..measure_valued import check_measure_site, check_rebar_site, check_relax_site
 from . import measure_valued as mv
 
 _WRAPPERS = (Independent, TransformedDistribution, MaskedDistribution, ExpandedDistribution)
@@ -103,6 +106,19 @@ def check_rebar(name: str, fn: Distribution) -> None:
     Expanded wrappers (REBAR relaxes its bits)."""
     leaf, transforms = leaf_path(fn)
     check_rebar_site(name, mv.family_of(leaf), bool(transforms), describe(fn))
+
+
+def check_relax(name: str, fn: Distribution) -> None:
+    """Raise a ValueError naming the site unless ``fn`` is a Bernoulli or Categorical under Independent,
+    Masked and Expanded wrappers (RELAX relaxes its draws)."""
+    leaf, transforms = leaf_path(fn)
+    check_relax_site(name, mv.family_of(leaf), bool(transforms), describe(fn))
+
+
+def relaxation_shape(leaf: Distribution, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape of the relaxation of a draw of ``shape`` from ``leaf``: one more dim, the categories,
+    for a Categorical (whose draw is an index)."""
+    return tuple(shape) + jnp.shape(leaf.logits)[-1:] if mv.family_of(leaf) == "Categorical" else tuple(shape)
 
 
 def check_measure(name: str, fn: Distribution) -> None:
@@ -210,14 +226,23 @@ class EstimatorDistribution(Distribution):
             return self.noise.sample(self.base_dist, key, sample_shape), []
         if self.reparameterized:
             return self.base_dist.sample_with_intermediates(key, sample_shape)
-        if self.elbo_term == "rebar":
-            logits = jax.lax.stop_gradient(leaf_path(self.base_dist)[0].logits)
-            shape = tuple(sample_shape) + self.batch_shape + self.event_shape
-            tiny = jnp.finfo(jnp.result_type(float)).eps
-            uniforms = jnp.clip(random.uniform(key, shape), tiny, 1 - tiny)
-            z = jnp.broadcast_to(logits, shape) + jnp.log(uniforms) - jnp.log1p(-uniforms)
-            return (z > 0).astype(jnp.result_type(float)), [uniforms]
+        if self.elbo_term in ("rebar", "relax"):
+            return self._relaxed_draw(key, sample_shape)
         return jax.lax.stop_gradient(self.base_dist.sample(key, sample_shape)), []
+
+    def _relaxed_draw(self, key: jax.Array, sample_shape: tuple[int, ...]) -> tuple[jax.Array, list]:
+        r"""A draw as a function of uniforms ``u``, kept as its intermediates: Bernoulli bits as the signs
+        of :math:`z = \theta + \log u - \log(1 - u)`, a category as the argmax of :math:`z = \theta -
+        \log(-\log u)` (Gumbel-max)."""
+        leaf = leaf_path(self.base_dist)[0]
+        logits = jax.lax.stop_gradient(leaf.logits)
+        shape = relaxation_shape(leaf, tuple(sample_shape) + self.batch_shape + self.event_shape)
+        tiny = jnp.finfo(jnp.result_type(float)).eps
+        uniforms = jnp.clip(random.uniform(key, shape), tiny, 1 - tiny)
+        if mv.family_of(leaf) == "Categorical":
+            return jnp.argmax(logits - jnp.log(-jnp.log(uniforms)), -1), [uniforms]
+        z = jnp.broadcast_to(logits, shape) + jnp.log(uniforms) - jnp.log1p(-uniforms)
+        return (z > 0).astype(jnp.result_type(float)), [uniforms]
 
     def sample(self, key: jax.Array, sample_shape: tuple[int, ...] = ()) -> jax.Array:
         return self.sample_with_intermediates(key, sample_shape)[0]
@@ -229,13 +254,13 @@ class EstimatorDistribution(Distribution):
 
     def log_prob(self, value: jax.Array, intermediates: list | None = None) -> jax.Array:
         if self.elbo_term is not None and not mv.ALLOWED.get():
-            what = "measure-valued estimator" if self.measure else "REBAR estimator"
+            what = {"measure": "measure-valued", "rebar": "REBAR", "relax": "RELAX"}[self.elbo_term]
             raise ValueError(
-                f"a site forced to the {what} is differentiated only by this package's ELBOs "
-                "(ScoreFunctionELBO, PathwiseELBO, MeasureValuedELBO, RebarELBO); use one of them, or another "
-                "estimator for the site"
+                f"a site forced to the {what} estimator is differentiated only by this package's ELBOs "
+                "(ScoreFunctionELBO, PathwiseELBO, MeasureValuedELBO, RebarELBO, RelaxELBO); use one of them, or "
+                "another estimator for the site"
             )
-        if intermediates and self.elbo_term != "rebar":  # (REBAR's are its uniforms)
+        if intermediates and self.elbo_term not in ("rebar", "relax"):  # (theirs are the uniforms)
             return self.base_dist.log_prob(value, intermediates)
         return self.base_dist.log_prob(value)
 
@@ -281,14 +306,8 @@ def apply_estimator(
         )
     if estimator == "pathwise" and noise is not None:
         return EstimatorDistribution(fn, True, noise.at(name, fn))
-    if estimator == "relax":
-        raise ValueError(
-            f"site {name!r}: RELAX (a control that learns by a second derivative of the estimate inside the "
-            "training step) is built for the Pyro backend only (ppl_reparam.pyro.RelaxELBO); here use 'rebar' "
-            "(its fixed control) or 'score' with a baseline"
-        )
-    if estimator in ("measure", "rebar"):
-        (check_measure if estimator == "measure" else check_rebar)(name, fn)
+    if estimator in ("measure", "rebar", "relax"):
+        {"measure": check_measure, "rebar": check_rebar, "relax": check_relax}[estimator](name, fn)
         return EstimatorDistribution(fn, False, elbo_term=estimator)
     return EstimatorDistribution(fn, reparameterized=estimator == "pathwise")
 
@@ -331,9 +350,10 @@ def force_estimator(guide: Callable, estimator: str, sites: Iterable[str] | None
     :param estimator: ``"score"`` (score function / REINFORCE: samples under ``stop_gradient``,
         gradient through ``log q``), ``"pathwise"`` (reparameterized samples; raises a ValueError
         naming the site for a family without a reparameterized sampler, e.g. Bernoulli), ``"measure"``
-        (measure-valued), ``"rebar"`` (REBAR, Bernoulli sites) or ``"auto"`` (resolved first by
-        :func:`~ppl_reparam.numpyro.choose_site_estimators`); the last three only under this package's
-        ELBOs.
+        (measure-valued), ``"rebar"`` (REBAR, Bernoulli sites), ``"relax"`` (RELAX, Bernoulli and
+        Categorical sites; its control's params declared by :meth:`~ppl_reparam.numpyro.RelaxELBO.with_controls`)
+        or ``"auto"`` (resolved first by :func:`~ppl_reparam.numpyro.choose_site_estimators`); the last four
+        only under this package's ELBOs.
     :param sites: names of the sites to force; these override a site's own
         ``infer={"estimator": ...}``. With ``sites=None`` every latent site gets ``estimator`` except
         those that ask for one with ``infer``. A named site the guide never samples is an error.

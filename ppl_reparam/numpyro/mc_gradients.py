@@ -140,6 +140,20 @@ def relaxed_pair(logits: jax.Array, u: jax.Array, v: jax.Array) -> tuple[jax.Arr
     return b, z, z_tilde, p
 
 
+def gumbel_pair(logits: jax.Array, u: jax.Array, v: jax.Array) -> tuple[jax.Array, ...]:
+    """``(b, z, z_tilde)``: the category ``b = argmax z`` of the Gumbel perturbation ``z`` of ``logits``
+    (categories along the last dim) and the conditional resample ``z_tilde ~ p(z | b)``
+    (:mod:`ppl_reparam.mc_gradients`), differentiable in ``logits``."""
+    theta = jax.nn.log_softmax(logits, -1)
+    z = theta - jnp.log(-jnp.log(u))
+    b = jax.lax.stop_gradient(jnp.argmax(z, -1))
+    at_b = jax.nn.one_hot(b, logits.shape[-1], dtype=bool)
+    log_e_v = jnp.log(-jnp.log(v))  # log of the Exp(1) variates -log v
+    top = -jnp.take_along_axis(log_e_v, b[..., None], -1)  # the max: Gumbel at logsumexp(theta) = 0
+    z_tilde = jnp.where(at_b, top, -jnp.logaddexp(log_e_v - theta, -top))
+    return b, z, z_tilde
+
+
 @partial(jax.jit, static_argnums=(0, 1))
 def _relax(function: Function, control: Function, logits: jax.Array, keys: jax.Array) -> jax.Array:
     """``jax.vmap`` over ``keys`` of one RELAX estimate; compiled once per (function, control) pair and shapes."""

@@ -7,18 +7,10 @@ from typing import Any
 from numpyro.infer.elbo import ELBO
 
 from ..specs import ElboClasses, EstimatorSpec, build_elbo
-from .elbo import MeasureValuedELBO, PathwiseELBO, RebarELBO, ScoreFunctionELBO
+from .elbo import MeasureValuedELBO, PathwiseELBO, RebarELBO, RelaxELBO, ScoreFunctionELBO
 from .iwae import IWAE
 
-
-def _no_relax(**options: Any) -> ELBO:
-    raise ValueError(
-        "estimator spec relax: RELAX (a control that learns by a second derivative of the estimate inside the "
-        "training step) is built for the Pyro backend only; use --backend pyro, or rebar here"
-    )
-
-
-CLASSES = ElboClasses(ScoreFunctionELBO, PathwiseELBO, IWAE, MeasureValuedELBO, RebarELBO, _no_relax)
+CLASSES = ElboClasses(ScoreFunctionELBO, PathwiseELBO, IWAE, MeasureValuedELBO, RebarELBO, RelaxELBO)
 
 
 def make_elbo(spec: EstimatorSpec | str, baseline: Any = None) -> ELBO:

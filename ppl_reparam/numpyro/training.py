@@ -56,6 +56,7 @@ from ..study import GROUPS, VAEConfig, study_rows
 from ..training import CHECKPOINTS, check_complete
 from .baselines import LearnedBaseline
 from .monitor import VarianceMonitor
+from .relax import is_control
 from .specs import make_elbo
 from .variance import gradient_variance
 
@@ -116,12 +117,15 @@ def temperature_of(spec: RunSpec | str) -> float | None:
 
 
 @lru_cache(maxsize=64)
-def with_baseline_state(elbo: ELBO, guide: Callable) -> Callable:
-    """``guide`` declaring the state of ``elbo``'s stateful baseline, if it has one (a NumPyro mutable
-    site that SVI threads through ``svi_state.mutable_state``); the same object for the same pair, so
-    that compiled updates are shared."""
+def with_elbo_state(elbo: ELBO, guide: Callable) -> Callable:
+    """``guide`` declaring what ``elbo`` keeps in NumPyro's state: a stateful baseline's state (a mutable
+    site that SVI threads through ``svi_state.mutable_state``), a RelaxELBO's controls (params,
+    :meth:`~ppl_reparam.numpyro.RelaxELBO.with_controls`); the same object for the same pair, so that
+    compiled updates are shared."""
     baseline = getattr(elbo, "baseline", None)
-    return guide if baseline is None else baseline.with_state(guide)
+    if baseline is not None:
+        guide = baseline.with_state(guide)
+    return elbo.with_controls(guide) if getattr(elbo, "estimator", None) == "relax" else guide
 
 
 @lru_cache(maxsize=64)
@@ -191,7 +195,7 @@ class TrainingRun:
 
     :param name: a label (the estimator spec), used in rows and checkpoints.
     :param model, guide: NumPyro callables taking ``(x, num_data=...)``; the guide declares the state of
-        the ELBO's baseline if that has one (:func:`with_baseline_state`).
+        the ELBO's baseline if that has one, a RelaxELBO's controls (:func:`with_elbo_state`).
     :param elbo: the training ELBO, e.g. :func:`make_run_elbo`.
     :param lr: Adam's learning rate.
     :param seed: the key of ``SVI.init`` (initial weights: runs with the same seed start from the same
@@ -215,7 +219,7 @@ class TrainingRun:
             raise ValueError(f"the learning rate must be positive, got {lr}")
         self.name = name
         self.model = model
-        self.guide = with_baseline_state(elbo, guide)
+        self.guide = with_elbo_state(elbo, guide)
         self.elbo = elbo
         self.svi, self._update = _svi(model, self.guide, elbo, float(lr))
         self.state = self.svi.init(random.PRNGKey(seed), x_init, num_data=num_data)
@@ -230,10 +234,10 @@ class TrainingRun:
 
     @property
     def trained_guide(self) -> Callable:
-        """The guide with the baseline's state as trained so far (what a measurement of this run's ELBO
-        uses)."""
-        mutable = self.state.mutable_state
-        return self.guide if not mutable else substitute(self.guide, data=mutable)
+        """The guide with the baseline's state and RELAX's controls as trained so far (what a measurement
+        of this run's ELBO uses, at this run's parameters or another's)."""
+        data = dict(self.state.mutable_state or {}) | {k: v for k, v in self.params.items() if is_control(k)}
+        return self.guide if not data else substitute(self.guide, data=data)
 
     def train_epoch(self, train: np.ndarray, batch_size: int, dynamic: bool = False) -> float:
         """One pass over ``train`` (rows: data) in shuffled minibatches; with ``dynamic`` each pixel of
@@ -323,7 +327,7 @@ def study_monitor(
     ``targets[name]`` is ``(model, guide, elbo)``: the model and guide at the spec's relaxation
     temperature (they share the parameter names, so the same ``params`` serve all), the guide carrying
     the state of a stateful baseline where it has one (:attr:`TrainingRun.trained_guide`, or
-    :func:`with_baseline_state` for the initial state), and the spec's ELBO; the same ELBO objects are
+    :func:`with_elbo_state` for the initial state), and the spec's ELBO; the same ELBO objects are
     measured every time, so each compiles once. ``out``: the monitor's live ``variance.csv`` and
     ``variance.png``.
     """
@@ -379,7 +383,7 @@ def warm_up_baseline(
     elbo: ELBO, model: Callable, guide: Callable, params: Mapping[str, jax.Array], *args: Any, steps: int, seed: int,
     **kwargs: Any,
 ) -> Callable:
-    """``guide`` declaring the state of ``elbo``'s baseline (:func:`with_baseline_state`), that state
+    """``guide`` declaring the state of ``elbo``'s baseline (:func:`with_elbo_state`), that state
     learnt by ``steps`` training-free updates at the fixed ``params`` when the baseline is stateful.
 
     Each update is a training step of the baseline alone: ``elbo.loss_with_mutable_state`` on the
@@ -390,7 +394,7 @@ def warm_up_baseline(
     under ``no_grad``). Returns the guide with the learnt state substituted (what a measurement of the
     baseline's estimator uses).
     """
-    stateful = with_baseline_state(elbo, guide)
+    stateful = with_elbo_state(elbo, guide)
     baseline = getattr(elbo, "baseline", None)
     if baseline is None or not baseline.stateful or steps < 1:
         return stateful

@@ -37,6 +37,7 @@ from numpyro.infer.util import transform_fn
 
 from ..choice import Choice, measure_and_choose
 from ..stats import MIN_REPS, GradientStats, measure_each
+from .relax import is_control
 
 _ARRAY = object()
 """Marks where an array argument goes back into the model's arguments (see :func:`_split_static`)."""
@@ -64,6 +65,8 @@ def init_params(
 
     Values are those in ``params``, else the initial ones that ``SVI(model, guide, ...).init(rng_key,
     *args, **kwargs)`` draws (same key splitting; a guide's param overrides a model's of the same name).
+    Params of RELAX's controls in ``params`` that the guide does not declare are ignored (another
+    guide's, at the same parameters).
     """
     params = dict(params or {})
     _, model_key, guide_key = random.split(rng_key, 3)
@@ -75,7 +78,7 @@ def init_params(
         if site["type"] == "param":
             values[site["name"]] = site["value"]
             transforms[site["name"]] = biject_to(site["kwargs"].get("constraint", constraints.real))
-    unknown = set(params) - set(values)
+    unknown = {name for name in set(params) - set(values) if not is_control(name)}  # (another guide's controls)
     if unknown:
         raise ValueError(f"params {sorted(unknown)} are not param sites of the model or guide: {sorted(values)}")
     return values, transforms
@@ -87,6 +90,7 @@ def _gradient_samples(
     unconstrained: dict[str, jax.Array],
     transforms: dict[str, Transform],
     arrays: list,
+    held: dict[str, jax.Array],
     *,
     elbo: ELBO,
     model: Callable,
@@ -94,12 +98,13 @@ def _gradient_samples(
     layout: tuple,
     chunks: int,
 ) -> dict[str, jax.Array]:
-    """One gradient estimate per key, ``{name: array (len(keys), *shape)}``, in ``chunks`` passes."""
+    """One gradient estimate per key, ``{name: array (len(keys), *shape)}``, in ``chunks`` passes; the
+    ``held`` params (RELAX's controls) enter the loss as they are, undifferentiated."""
     args, kwargs = _merge(layout, arrays)
 
     def estimate(key: jax.Array) -> dict[str, jax.Array]:
         def loss(u: dict[str, jax.Array]) -> jax.Array:
-            return elbo.loss(key, transform_fn(transforms, u), model, guide, *args, **kwargs)
+            return elbo.loss(key, {**held, **transform_fn(transforms, u)}, model, guide, *args, **kwargs)
 
         return jax.grad(loss)(unconstrained)
 
@@ -129,7 +134,7 @@ def _independent_particles(elbo: ELBO) -> bool:
 
 def _particle_samples(
     key: jax.Array, elbo: ELBO, model: Callable, guide: Callable, unconstrained: dict, transforms: dict,
-    arrays: list, layout: tuple, num_reps: int, chunk_particles: int,
+    arrays: list, held: dict, layout: tuple, num_reps: int, chunk_particles: int,
 ) -> dict[str, np.ndarray]:
     """Each repetition's gradient as the mean of ``elbo.num_particles`` one-particle estimates, computed
     in passes of the same size by one compiled function whatever the number of particles (the last pass
@@ -146,7 +151,7 @@ def _particle_samples(
     sums = {name: np.zeros((num_reps, *np.shape(u))) for name, u in unconstrained.items()}
     for start in range(0, total, chunk):
         stop = min(start + chunk, total)
-        grads = _gradient_samples(keys[start : start + chunk], unconstrained, transforms, arrays, elbo=one,
+        grads = _gradient_samples(keys[start : start + chunk], unconstrained, transforms, arrays, held, elbo=one,
                                   model=model, guide=guide, layout=layout, chunks=1)
         for name, g in grads.items():
             np.add.at(sums[name], rep[start:stop], np.asarray(g[: stop - start], dtype=np.float64))
@@ -174,6 +179,11 @@ def gradient_variance(
         (Python numbers, strings) are compiled in, as ``svi.run`` does.
     :param params: constrained parameter values, as ``svi.get_params(state)`` returns; a param left
         out takes its initial value (default: all initial, as ``SVI.init(PRNGKey(seed))`` draws them).
+        The params of RELAX's controls (``relax.<site>.<part>``, :mod:`ppl_reparam.numpyro.relax`) are
+        used as they are and not measured; a :class:`~ppl_reparam.numpyro.RelaxELBO`'s guide that does not
+        declare them is given them (:meth:`~ppl_reparam.numpyro.RelaxELBO.with_controls`, their initial
+        values unless ``params`` holds them), and with ``relax_fit=N`` they are first fitted for ``N`` steps
+        (:meth:`~ppl_reparam.numpyro.RelaxELBO.fit_controls`, draws from the seed; not timed).
     :param num_reps: independent estimates drawn (at least 5).
     :param seed: an integer, or a JAX PRNG key of any implementation, for the initial values and the
         draws.
@@ -193,16 +203,27 @@ def gradient_variance(
     start = time.perf_counter()
     key = random.PRNGKey(seed) if isinstance(seed, numbers.Integral) else seed
     values, transforms = init_params(model, guide, key, *args, params=params, **kwargs)
+    if getattr(elbo, "estimator", None) == "relax" and not any(is_control(name) for name in values):
+        guide = elbo.with_controls(guide)  # (a guide that declares them, substituted or not, is kept)
+        values, transforms = init_params(model, guide, key, *args, params=params, **kwargs)
+    if getattr(elbo, "relax_fit", 0) and any(is_control(name) for name in values):
+        began = time.perf_counter()
+        values = elbo.fit_controls(random.fold_in(key, 1), values, model, guide, *args, steps=elbo.relax_fit,
+                                   **kwargs)
+        start += time.perf_counter() - began  # (a setup, not timed)
+    held = {name: values.pop(name) for name in list(values) if is_control(name)}
+    transforms = {name: transforms[name] for name in values}
     unconstrained = transform_fn(transforms, values, invert=True)
     arrays, layout = _split_static((args, kwargs))
     if _independent_particles(elbo):
         samples = _particle_samples(random.split(key, 3)[0], elbo, model, guide, unconstrained, transforms, arrays,
-                                    layout, num_reps, chunk_particles)
+                                    held, layout, num_reps, chunk_particles)
     else:
         chunks = -(-num_reps // max(1, chunk_particles // elbo.num_particles))
         keys = random.split(random.split(key, 3)[0], -(-num_reps // chunks) * chunks)
         grads = _gradient_samples(
-            keys, unconstrained, transforms, arrays, elbo=elbo, model=model, guide=guide, layout=layout, chunks=chunks
+            keys, unconstrained, transforms, arrays, held, elbo=elbo, model=model, guide=guide, layout=layout,
+            chunks=chunks,
         )
         samples = {name: np.asarray(value[:num_reps]) for name, value in grads.items()}
     seconds = time.perf_counter() - start

@@ -19,4 +19,4 @@ from .monitor import VarianceMonitor
 from .variance import compare_estimators, gradient_variance
 
 # the imports above re-export these (tests/test_imports.py)
-__all__ = ["AmortizedNormal", "JitPathwiseELBO", "JitScoreFunctionELBO", "RelaxELBO", *BACKEND_API]
+__all__ = ["AmortizedNormal", "JitPathwiseELBO", "JitScoreFunctionELBO", *BACKEND_API]
