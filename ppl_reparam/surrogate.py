@@ -160,6 +160,24 @@ def check_options(
 OWN_TERMS = ("measure", "rebar", "relax")
 """Estimators whose sites add a term of their own to the surrogate (from reruns of guide and model)."""
 
+OWN_TERM_NAMES = {"measure": "measure-valued estimator", "rebar": "REBAR estimator", "relax": "RELAX estimator"}
+"""Each of :data:`OWN_TERMS` as messages name it."""
+
+GIVEN_DRAW = (
+    "site {name!r}: the {what} needs the draw its own sampler made (with its relaxation's uniforms), but the "
+    "value was given (replayed, substituted or conditioned); use 'score' or 'measure' for this site"
+)
+"""The error at a REBAR or RELAX site whose value its sampler did not draw (``name``, ``what``)."""
+
+
+def outside_elbo(term: str) -> str:
+    """The error where a site forced to one of :data:`OWN_TERMS` is differentiated by another ELBO."""
+    return (
+        f"a site forced to the {OWN_TERM_NAMES[term]} is differentiated only by this package's ELBOs "
+        "(ScoreFunctionELBO, PathwiseELBO, MeasureValuedELBO, RebarELBO, RelaxELBO); use one of them, or another "
+        "estimator for the site"
+    )
+
 
 def check_own_term_options(cls: str, estimator: str, baseline: Any) -> None:
     """Refuse a baseline on an ELBO whose blanket estimator has a control of its own."""

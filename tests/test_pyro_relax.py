@@ -236,7 +236,7 @@ def test_errors():
     with pytest.raises(ValueError, match="site 'x': RELAX relaxes Bernoulli, Categorical or OneHotCategorical"
                        " draws, and Normal is none of them"):
         RelaxELBO().differentiable_loss(toy.model, toy.guide)
-    with pytest.raises(ValueError, match="RELAX is differentiated only by this package's ELBOs"):
+    with pytest.raises(ValueError, match="RELAX estimator is differentiated only by this package's ELBOs"):
         Trace_ELBO().differentiable_loss(bits_model, force_estimator(bits_guide, "relax"))
     with pytest.raises(ValueError, match="baselines apply to the score function"):
         RelaxELBO(baseline="ma")

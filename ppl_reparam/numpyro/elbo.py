@@ -103,11 +103,6 @@ from .handlers import (
 )
 from .mc_gradients import gumbel_pair, relaxed_pair
 
-_GIVEN_DRAW = (
-    "site {name!r}: the {what} needs the draw its own sampler made (with its relaxation's uniforms), but the "
-    "value was given (replayed, substituted or conditioned); use 'score' or 'measure' for this site"
-)
-
 
 class _JaxOps:
     """:class:`ppl_reparam.surrogate.ArrayOps` for JAX."""
@@ -541,8 +536,7 @@ class EstimatorELBO(ELBO):
         leaf = leaf_path(fn)[0]
         shape = relaxation_shape(leaf, jnp.shape(value))
         if len(site["intermediates"]) != 1 or jnp.shape(site["intermediates"][0]) != shape:
-            raise ValueError(_GIVEN_DRAW.format(name=name, what="REBAR estimator" if kind == "rebar" else
-                                                "RELAX estimator"))
+            raise ValueError(sg.GIVEN_DRAW.format(name=name, what=sg.OWN_TERM_NAMES[kind]))
         log_q = _unmasked(fn).log_prob(value)
         score = sg.ScoreSite(name, frames, log_q, 1.0 if site["scale"] is None else site["scale"])
         f = sg.site_costs(terms, deps, [score], OPS)[name]

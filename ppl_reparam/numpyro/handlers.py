@@ -49,6 +49,7 @@ from numpyro.primitives import Messenger
 from .. import noise as qn
 from ..forcing import ForcedGuide, SiteChoices
 from ..measure_valued import check_measure_site, check_rebar_site, check_relax_site
+from ..surrogate import outside_elbo
 from . import measure_valued as mv
 
 _WRAPPERS = (Independent, TransformedDistribution, MaskedDistribution, ExpandedDistribution)
@@ -254,12 +255,7 @@ class EstimatorDistribution(Distribution):
 
     def log_prob(self, value: jax.Array, intermediates: list | None = None) -> jax.Array:
         if self.elbo_term is not None and not mv.ALLOWED.get():
-            what = {"measure": "measure-valued", "rebar": "REBAR", "relax": "RELAX"}[self.elbo_term]
-            raise ValueError(
-                f"a site forced to the {what} estimator is differentiated only by this package's ELBOs "
-                "(ScoreFunctionELBO, PathwiseELBO, MeasureValuedELBO, RebarELBO, RelaxELBO); use one of them, or "
-                "another estimator for the site"
-            )
+            raise ValueError(outside_elbo(self.elbo_term))
         if intermediates and self.elbo_term not in ("rebar", "relax"):  # (theirs are the uniforms)
             return self.base_dist.log_prob(value, intermediates)
         return self.base_dist.log_prob(value)

@@ -88,11 +88,6 @@ from .provenance import deps_of, untrack
 from .rng import isolated_rng
 
 _PARTICLE_PLATE = "num_particles_vectorized"  # the name Pyro's ELBO gives its particle plate
-_TERM_NAMES = {"measure": "measure-valued estimator", "rebar": "REBAR estimator", "relax": "RELAX estimator"}
-_GIVEN_DRAW = (
-    "site {name!r}: the {what} needs the draw its own sampler made (with its relaxation's uniforms), but the "
-    "value was given (replayed, substituted or conditioned); use 'score' or 'measure' for this site"
-)
 
 
 class _TorchOps:
@@ -566,7 +561,7 @@ class EstimatorELBO(ELBO):
         draws the sites after ``name`` from the same random numbers; ``grad`` keeps the gradient."""
         if self.compiled:
             raise ValueError(
-                f"site {name!r}: the {_TERM_NAMES[node['fn'].elbo_term]} reruns guide and model, which a "
+                f"site {name!r}: the {sg.OWN_TERM_NAMES[node['fn'].elbo_term]} reruns guide and model, which a "
                 f"compiled graph cannot; use {type(self).__name__.removeprefix('Jit')} for it"
             )
         fn = node["fn"]
@@ -612,7 +607,7 @@ class EstimatorELBO(ELBO):
         leaf = leaf_path(fn)[0]
         shape = relaxation_shape(leaf, value.shape)
         if fn.uniforms is None or fn.uniforms.shape != shape:
-            raise ValueError(_GIVEN_DRAW.format(name=name, what=_TERM_NAMES[kind]))
+            raise ValueError(sg.GIVEN_DRAW.format(name=name, what=sg.OWN_TERM_NAMES[kind]))
         log_q = fn.base_dist.score_parts(value).score_function  # unscaled, as a score-function site's
         site = sg.ScoreSite(name, frames, log_q, node["scale"])
         f = sg.site_costs(terms, deps, [site], OPS)[name]

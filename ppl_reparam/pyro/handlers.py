@@ -41,7 +41,7 @@ from pyro.poutine.subsample_messenger import _Subsample
 from .. import noise as qn
 from ..forcing import ForcedGuide, SiteChoices
 from ..measure_valued import check_measure_site, check_rebar_site, check_relax_site
-from ..surrogate import OWN_TERMS
+from ..surrogate import OWN_TERMS, outside_elbo
 from . import measure_valued as mv
 from .provenance import track
 
@@ -240,16 +240,11 @@ class EstimatorDistribution(TorchDistribution):
         """Pathwise: the wrapped family's own parts where it draws with ``rsample`` (a partially
         reparameterized sampler, such as a rejection sampler, keeps its score-function correction), else
         ``log_prob`` as the entropy term and no score; score function: ``log_prob`` as the score and no
-        entropy term; measure-valued and REBAR: neither (the ELBO adds its own term), and a ValueError
+        entropy term; measure-valued, REBAR and RELAX: neither (the ELBO adds its own term), and a ValueError
         outside this package's ELBOs."""
         if self.elbo_term is not None:
             if not mv.ALLOWED.get():
-                what = {"measure": "measure-valued estimator", "rebar": "REBAR estimator"}.get(self.elbo_term, "RELAX")
-                raise ValueError(
-                    f"a site forced to the {what} is differentiated only by this package's ELBOs "
-                    "(ScoreFunctionELBO, PathwiseELBO, MeasureValuedELBO, RebarELBO, RelaxELBO); use one of them, or "
-                    "another estimator for the site"
-                )
+                raise ValueError(outside_elbo(self.elbo_term))
             return ScoreParts(log_prob=self.log_prob(value), score_function=0, entropy_term=0)
         if self.has_rsample and self.base_dist.has_rsample:
             return self.base_dist.score_parts(value)
