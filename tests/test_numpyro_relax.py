@@ -225,15 +225,14 @@ def test_svi_trains_the_control_beside_the_guide():
 
 def test_a_vae_study_with_relax_resumes_bit_for_bit(tmp_path):
     """``vae --backend numpyro --model discrete`` trains a RELAX run beside another: its control is in its
-    run's parameters (checkpointed; resumed bit for bit), measured with it on the other run's parameters."""
+    run's parameters (checkpointed; resumed bit for bit). (Measuring RELAX with a trained control on other
+    parameters, as the study does, is in test_fitting_lowers_the_variance_and_gradient_variance_fits_with_relax_fit.)"""
     from test_numpyro_discrete_vae import SMALL, _without_timing, train_numpyro
 
-    config = replace(SMALL, estimators=("score+ma", "relax"), variance_every=2, measure_on=("score+ma",))
+    config = replace(SMALL, estimators=("score+ma", "relax"), variance_reps=0)
     full = train_numpyro(config, tmp_path / "full")
     train_numpyro(replace(config, epochs=1), tmp_path / "split")
     resumed = train_numpyro(config, tmp_path / "split", resume=True)
-    # (the one-epoch part also measured at its last epoch, 1)
-    assert _without_timing([r for r in resumed.variance if r["epoch"] != 1]) == _without_timing(full.variance)
     for a, b in zip(full.runs, resumed.runs, strict=True):
         assert _without_timing(a.history) == _without_timing(b.history)
         for x, y in zip(jax.tree.leaves(a.state), jax.tree.leaves(b.state), strict=True):
@@ -242,7 +241,6 @@ def test_a_vae_study_with_relax_resumes_bit_for_bit(tmp_path):
     assert not any(n.startswith("relax.") for n in score)
     assert {n for n in relax if n.startswith("relax.")} == {
         "relax.z.eta", "relax.z.log_temperature", "relax.z.w1", "relax.z.b1", "relax.z.w2", "relax.z.b2"}
-    assert {r["measured"] for r in full.variance if r["trained_with"] == "score+ma"} == {"score+ma", "relax"}
 
 
 def test_errors():
@@ -283,22 +281,24 @@ def _compiled_loss_and_grads(elbo, model, guide, params, args, kwargs):
 
 
 def test_the_corpus_discrete_sites_run():
-    """Every NumPyro corpus model with Bernoulli or Categorical guide sites, those sites forced to RELAX:
-    finite loss and gradients under SVI's gradient, the controls declared and given a gradient."""
+    """The NumPyro corpus models with Bernoulli or Categorical guide sites (named here: finding them by
+    tracing every case's guide costs 13 s), those sites forced to RELAX: finite loss and gradients under
+    SVI's gradient, the controls declared and given a gradient."""
     import corpus_numpyro
     from numpyro.handlers import seed, trace
 
     from ppl_reparam.numpyro.handlers import leaf_path
     from ppl_reparam.numpyro.measure_valued import family_of
 
+    discrete = {"bernoulli_and_normal", "five_bernoullis", "markov_bernoulli_sequence", "hmm_categorical",
+                "categorical_normal_mix", "scaled_sites", "ss_vae_m2_unlabelled"}
     ran = []
-    for case in corpus_numpyro.CORPUS:
+    for case in (c for c in corpus_numpyro.CORPUS if c.name in discrete):
         model, guide_ = corpus_numpyro.fresh(case)
         tr = trace(seed(guide_, 0)).get_trace(*case.args, **case.kwargs)
         sites = [n for n, s in tr.items() if s["type"] == "sample" and not s["is_observed"]
                  and family_of(leaf_path(s["fn"])[0]) in ("Bernoulli", "Categorical")]
-        if not sites:
-            continue
+        assert sites, case.name
         elbo = ScoreFunctionELBO()
         controlled = elbo.with_controls(force_estimator(guide_, "relax", sites=sites))
         params, _ = init_params(model, controlled, jax.random.PRNGKey(0), *case.args, **case.kwargs)
@@ -309,4 +309,4 @@ def test_the_corpus_discrete_sites_run():
         assert len(controls) >= 4 * len(sites), (case.name, controls)
         assert any(float(jnp.abs(grads[n]).sum()) > 0 for n in controls), case.name
         ran.append(case.name)
-    assert len(ran) >= 4, ran
+    assert set(ran) == discrete, ran
