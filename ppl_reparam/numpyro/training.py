@@ -12,7 +12,8 @@ minibatches for a given seed. Models and guides take ``(x, num_data=N)`` and sca
 
 :func:`evaluate_elbo` estimates the ELBO per datum with many particles and a standard error over
 particles; :func:`measure_estimators` measures each estimator's gradient at a run's current
-parameters (:func:`~ppl_reparam.numpyro.gradient_variance`), aggregated over the encoder's and the
+parameters (a :class:`~ppl_reparam.numpyro.VarianceMonitor` of :func:`study_monitor`, which the study
+keeps per measured run), aggregated over the encoder's and the
 decoder's parameters (:mod:`ppl_reparam.stats`). :class:`VAEStudy` builds its runs with the model
 factory it is given (:func:`ppl_reparam.models.numpyro_vae`), so this module never imports the shipped
 models; for the discrete VAE it builds each run's model at the run's relaxation temperature (a

@@ -12,7 +12,8 @@ the full-data -ELBO.
 
 :func:`evaluate_elbo` estimates the ELBO per datum with many particles, with a standard error over
 particles. :func:`save_checkpoint` writes atomically. :func:`measure_estimators` measures every
-estimator's gradient on one run's current parameters, aggregated over the encoder's and the decoder's
+estimator's gradient on one run's current parameters (a :class:`~ppl_reparam.pyro.VarianceMonitor` of
+:func:`study_monitor`, which the study keeps per measured run), aggregated over the encoder's and the decoder's
 parameters (:mod:`ppl_reparam.stats`). :class:`VAEStudy` is the backend of the ``ppl-reparam vae``
 study (:func:`ppl_reparam.training.train_vae`): it builds its runs with the model factory it is given
 (:func:`ppl_reparam.models.pyro_vae`), so this module never imports the shipped models.
