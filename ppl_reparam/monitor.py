@@ -138,7 +138,7 @@ class VarianceMonitor:
             )
             for j, (name, (model, guide, elbo)) in enumerate(targets.items())
         }
-        return self.record(step, stats, self.seed if seed is None else seed)
+        return self.record(step, stats, seed)
 
     def record(self, step: int, stats: Mapping[str, Any], seed: int | None = None) -> list[dict[str, Any]]:
         """Add the rows of one measurement (``{elbo name: GradientStats}``, kept in :attr:`stats`; the

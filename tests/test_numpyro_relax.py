@@ -268,6 +268,11 @@ def test_errors():
         jax.grad(lambda p: elbo.loss(key, p, model, elbo.with_controls(given)))(params)
     with pytest.raises(ValueError, match="fit_controls: params hold no RELAX control"):
         elbo.fit_controls(key, {"l": LOGITS}, model, guide, steps=3)
+    with pytest.raises(ValueError, match="steps must be a number of steps"):
+        elbo.fit_controls(key, params, model, elbo.with_controls(guide), steps=-1)
+    broken = {**params, "relax.b.eta": jnp.asarray(jnp.nan)}
+    with pytest.raises(ValueError, match="RELAX's control got a NaN or infinite value while fitting"):
+        elbo.fit_controls(key, broken, model, elbo.with_controls(guide), steps=2)
     wide = {**params, "relax.b.w1": jnp.zeros((5, 32))}
     with pytest.raises(ValueError, match="site 'b': RELAX's control takes 5 numbers per batch element"):
         elbo.loss(key, wide, model, elbo.with_controls(guide))
