@@ -1,4 +1,4 @@
-"""Time the classic toy sweep three ways in one process and print the ratios.
+r"""Time the classic toy sweep several ways in one process and print the ratios.
 
 Workload: gradient estimates of E_{x~N(theta,1)}[x^2] at theta = 2, N in 10 .. 100000 samples,
 100 repetitions each, score function and pathwise.
@@ -8,6 +8,14 @@ Workload: gradient estimates of E_{x~N(theta,1)}[x^2] at theta = 2, N in 10 .. 1
    ``loss_and_grads`` per repetition (``has_rsample_(False)`` on the guide for the score function).
 3. ``ppl_reparam.pyro.gradient_variance`` on the project's toy model and guide
    (``ScoreFunctionELBO`` / ``PathwiseELBO``, closed-form entropy, vectorized particles).
+4. Two floors, no Pyro: the same estimates written directly in torch, each repetition's gradient by
+   ``torch.autograd.grad`` of its surrogate, :math:`\overline{f(x)\log q(x)}` (x detached) and
+   :math:`\overline{f(\theta + \epsilon)}` ("torch autograd, no model": what any measurement that
+   differentiates a traced program pays at least); and the per-sample gradients by their closed forms,
+   as the NumPy loop ("torch closed form, no autograd").
+5. The floor of going through Pyro: only the traces that ``gradient_variance``'s passes run (guide and
+   model at the same vectorized sizes, with their log densities, by ``Trace_ELBO._get_traces``), twice
+   for the two estimators, with no surrogate and no gradient ("pyro traces only, no gradient").
 
 Each runs the whole sweep once untimed first (imports, lazy initialisation, the first forward-mode
 call), then once timed: warm figures, one torch thread (``benchmarks/as_users_run.py`` has cold ones
@@ -52,6 +60,46 @@ def pyro_loop(samples: list[int], reps: int, seed: int = 0) -> None:
             np.var(grads)
 
 
+def torch_autograd(samples: list[int], reps: int, seed: int = 0) -> None:
+    """Floor 4: each repetition's gradient by reverse mode of its surrogate, in torch without Pyro."""
+    torch.manual_seed(seed)
+    theta = torch.tensor(THETA, requires_grad=True)
+    for n in samples:
+        score, path = [], []
+        for _ in range(reps):
+            x = (theta + torch.randn(n)).detach()
+            log_q = -0.5 * (x - theta) ** 2
+            score.append(torch.autograd.grad((x**2 * log_q).mean(), theta)[0])
+        for _ in range(reps):
+            path.append(torch.autograd.grad(((theta + torch.randn(n)) ** 2).mean(), theta)[0])
+        torch.stack(score).var(), torch.stack(path).var()
+
+
+def torch_closed_form(samples: list[int], reps: int, seed: int = 0) -> None:
+    """Floor 4: the per-sample gradients by their closed forms in torch, as the NumPy loop."""
+    torch.manual_seed(seed)
+    for n in samples:
+        score, path = [], []
+        for _ in range(reps):
+            x = THETA + torch.randn(n)
+            score.append((x**2 * (x - THETA)).mean())
+        for _ in range(reps):
+            path.append((2 * (THETA + torch.randn(n))).mean())
+        torch.stack(score).var(), torch.stack(path).var()
+
+
+def pyro_traces(samples: list[int], reps: int, seed: int = 0) -> None:
+    """Floor 5: the traces of ``gradient_variance``'s passes (``chunk_particles`` 2^18), nothing else."""
+    toy = ToyGaussian(THETA)
+    pyro.set_rng_seed(seed)
+    for n in samples:
+        per_pass = min(reps, max(1, 2**18 // n))
+        elbo = Trace_ELBO(num_particles=per_pass * n, vectorize_particles=True, max_plate_nesting=0)
+        for _ in range(2 * -(-reps // per_pass)):
+            for _ in elbo._get_traces(toy.model, toy.guide, (), {}):
+                pass
+
+
 def project(samples: list[int], reps: int, seed: int = 0) -> None:
     toy = ToyGaussian(THETA)
     pyro.get_param_store().clear()
@@ -81,6 +129,9 @@ def main() -> None:
         "numpy loop": timed(numpy_loop, samples, args.reps),
         "pyro Trace_ELBO loop": timed(pyro_loop, samples, args.reps),
         "ppl_reparam gradient_variance": timed(project, samples, args.reps),
+        "torch autograd, no model": timed(torch_autograd, samples, args.reps),
+        "torch closed form, no autograd": timed(torch_closed_form, samples, args.reps),
+        "pyro traces only, no gradient": timed(pyro_traces, samples, args.reps),
     }
     ref = times["numpy loop"]
     print(f"toy sweep: N in {samples}, {args.reps} repetitions, score function and pathwise")

@@ -11,6 +11,9 @@ Workload: gradient estimates of E_{x~N(theta,1)}[x^2] at theta = 2, N in 10 .. 1
    ``jax.numpy``, one jitted call per N drawing all ``reps x N`` normals at once (no model, no per-particle
    keys). NumPyro gives every particle its own key and splits it again at each sample site, so
    ``gradient_variance`` pays several threefry hashes per particle where this floor pays one.
+4. The floor of NumPyro's way of drawing: the same estimates in ``jax.numpy`` with each particle's
+   gradient by ``jax.grad`` and each particle drawn as NumPyro draws it: its own key from a split, split
+   again for its one sample site (``numpyro.handlers.seed``), then one normal.
 
 Each method runs the whole sweep twice: the first run is the warm-up (imports, lazy initialisation,
 and for JAX the jit compilation of every N), the second is timed warm. For JAX both times are printed:
@@ -55,6 +58,35 @@ def jax_floor() -> Callable[[list[int], int], None]:
     return run
 
 
+def jax_keyed() -> Callable[[list[int], int], None]:
+    """The sweep drawn as NumPyro draws, with gradients by ``jax.grad`` (see the module docstring)."""
+
+    def particle(estimator: str, key: jax.Array, theta: jax.Array) -> jax.Array:
+        _, site_key = jax.random.split(key)  # what numpyro.handlers.seed does at a sample site
+        eps = jax.random.normal(site_key)
+
+        def surrogate(theta: jax.Array) -> jax.Array:
+            if estimator == "score":
+                x = jax.lax.stop_gradient(theta + eps)
+                return x**2 * -0.5 * (x - theta) ** 2
+            return (theta + eps) ** 2
+
+        return jax.grad(surrogate)(theta)
+
+    @partial(jax.jit, static_argnums=(1, 2, 3))
+    def variance(key: jax.Array, estimator: str, n: int, reps: int) -> jax.Array:
+        keys = jax.random.split(key, reps * n)
+        grads = jax.vmap(partial(particle, estimator), (0, None))(keys, jnp.asarray(THETA))
+        return jnp.var(grads.reshape(reps, n).mean(1))
+
+    def run(samples: list[int], reps: int, seed: int = 0) -> None:
+        for n in samples:
+            for estimator in ("score", "path"):
+                jax.block_until_ready(variance(jax.random.PRNGKey(seed), estimator, n, reps))
+
+    return run
+
+
 def project() -> Callable[[list[int], int], None]:
     """The sweep through ``gradient_variance``; the ELBOs are built once so that the compiled
     function of each N is reused by the timed run."""
@@ -90,6 +122,7 @@ def main() -> None:
         "numpy loop": cold_and_warm(numpy_loop, samples, args.reps),
         "ppl_reparam gradient_variance": cold_and_warm(project(), samples, args.reps),
         "jax.numpy floor (no model)": cold_and_warm(jax_floor(), samples, args.reps),
+        "jax.numpy, NumPyro's keys, grad": cold_and_warm(jax_keyed(), samples, args.reps),
     }
     ref = times["numpy loop"][1]
     print(f"toy sweep: N in {samples}, {args.reps} repetitions, score function and pathwise")

@@ -147,14 +147,21 @@ def _particle_samples(
     chunk = min(PARTICLE_CHUNK, max(256, chunk_particles // size))
     passes = -(-total // chunk)
     keys = random.split(key, passes * chunk)
-    rep = np.arange(total) // n  # the repetition of each particle
+    # sliced on the host: slicing a JAX array compiles an operation for every new shape and offset
+    impl = random.key_impl(keys) if jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key) else None
+    data = np.asarray(keys if impl is None else random.key_data(keys))
     sums = {name: np.zeros((num_reps, *np.shape(u))) for name, u in unconstrained.items()}
     for start in range(0, total, chunk):
         stop = min(start + chunk, total)
-        grads = _gradient_samples(keys[start : start + chunk], unconstrained, transforms, arrays, held, elbo=one,
-                                  model=model, guide=guide, layout=layout, chunks=1)
+        pass_keys = data[start : start + chunk] if impl is None else random.wrap_key_data(data[start : start + chunk],
+                                                                                          impl=impl)
+        grads = _gradient_samples(pass_keys, unconstrained, transforms, arrays, held, elbo=one, model=model,
+                                  guide=guide, layout=layout, chunks=1)
+        # particles run in order, so each repetition's in this pass are one run of rows: sum each run
+        runs = np.concatenate(([0], np.arange((start // n + 1) * n, stop, n) - start))
+        reps = slice(start // n, start // n + len(runs))
         for name, g in grads.items():
-            np.add.at(sums[name], rep[start:stop], np.asarray(g[: stop - start], dtype=np.float64))
+            sums[name][reps] += np.add.reduceat(np.asarray(g, dtype=np.float64)[: stop - start], runs, axis=0)
     return {name: value / n for name, value in sums.items()}
 
 

@@ -51,7 +51,7 @@ from ..choice import Choice, measure_and_choose
 from ..stats import MIN_REPS, GradientStats, measure_each
 from ..threads import auto_threads, limited_threads
 from .elbo import EstimatorELBO
-from .rng import isolated_rng
+from .rng import isolated_rng, seed_all
 
 METHODS = ("auto", "forward", "loop")
 
@@ -185,7 +185,7 @@ def _forward_samples(
         chunk_seed = _chunk_seed(seed, c)
         validate = pyro.infer.util.is_validation_enabled() and c == 0
         if k * k * n <= REVERSE_LIMIT:
-            pyro.set_rng_seed(chunk_seed)
+            seed_all(chunk_seed)
             with pyro.validation_enabled(validate):
                 grads = _chunk_reverse(elbos[k], model, guide, args, kwargs, list(params.values()), k)
             for name, g in zip(params, grads):
@@ -193,7 +193,7 @@ def _forward_samples(
         else:
             for name, leaf in params.items():
                 for j in range(leaf.numel()):
-                    pyro.set_rng_seed(chunk_seed)
+                    seed_all(chunk_seed)
                     with pyro.validation_enabled(validate and j == 0):
                         g = _chunk_forward(elbos[k], model, guide, args, kwargs, leaf, j, k)
                     out[name][start : start + k, j] = g.double().numpy()
@@ -310,7 +310,7 @@ def gradient_variance(
                     # "auto" then draws the same statistics by reverse mode
                     if not (auto and "forward AD" in str(e)):
                         raise
-                    pyro.set_rng_seed(seed)
+                    seed_all(seed)
             if samples is None:
                 samples = _loop_samples(elbo, model, guide, args, kwargs, params, num_reps, progress)
     seconds = time.perf_counter() - start
