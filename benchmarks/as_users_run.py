@@ -7,6 +7,7 @@ or a script would. Reference: the plain NumPy loop of the classic notebook (benc
 
 1. ``ppl-reparam toy`` with the README's arguments, the whole command's wall time, against a process
    that imports NumPy and runs the NumPy loop (Python start and imports included in both); target <= 5x.
+   For scale, a process that only imports torch (the least any torch-based command pays).
 2. The toy sweep (N in 10..100000, 100 repetitions, both estimators) through each backend's
    ``gradient_variance``: "cold" is the first sweep of the process (first calls, compilation), "warm"
    the second (fresh ELBOs again); the NumPy loop is timed in the same process; target warm <= 1.5x.
@@ -111,11 +112,14 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     cli = str(Path(PYTHON).with_name("ppl-reparam"))
-    results: dict[str, list] = {k: [] for k in ("numpy process", "toy command", "pyro", "numpyro", "fresh")}
+    results: dict[str, list] = {
+        k: [] for k in ("numpy process", "torch import", "toy command", "pyro", "numpyro", "fresh")
+    }
     with tempfile.TemporaryDirectory() as out:
         toy = [cli, "toy", "--theta", "2", "--samples", SAMPLES, "--reps", "100", "--out", out, "--quiet"]
         for _ in range(args.runs):
             results["numpy process"].append(wall([PYTHON, "-c", NUMPY_PROCESS]))
+            results["torch import"].append(wall([PYTHON, "-c", "import torch"]))
             results["toy command"].append(wall(toy))
             results["pyro"].append(child(SWEEP.format(here=str(HERE), samples=SAMPLES, setup=PYRO_SETUP)))
             results["numpyro"].append(child(SWEEP.format(here=str(HERE), samples=SAMPLES, setup=NUMPYRO_SETUP)))
@@ -129,6 +133,9 @@ def main() -> None:
     print(f"  ppl-reparam toy (README arguments), whole command   {toy_command:7.2f} s")
     print(f"  NumPy loop process (start, import, loop)            {numpy_process:7.2f} s")
     print(f"  ratio: {toy_command / numpy_process:.2f} (target <= 5)")
+    torch_import = med(results["torch import"])
+    print(f"  a process that only imports torch                   {torch_import:7.2f} s "
+          f"= {torch_import / numpy_process:.2f} x the NumPy loop process")
     for backend in ("pyro", "numpyro"):
         cold, warm, ref = (med(results[backend], k) for k in ("cold", "warm", "numpy"))
         print(f"  toy sweep through {backend}'s gradient_variance: cold {cold:.2f} s, warm {warm:.2f} s; NumPy "

@@ -160,6 +160,9 @@ def check_options(
 OWN_TERMS = ("measure", "rebar", "relax")
 """Estimators whose sites add a term of their own to the surrogate (from reruns of guide and model)."""
 
+RELAXED_TERMS = ("rebar", "relax")
+"""The estimators of :data:`OWN_TERMS` that draw through a continuous relaxation (given uniforms)."""
+
 OWN_TERM_NAMES = {"measure": "measure-valued estimator", "rebar": "REBAR estimator", "relax": "RELAX estimator"}
 """Each of :data:`OWN_TERMS` as messages name it."""
 

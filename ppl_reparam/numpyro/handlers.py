@@ -49,7 +49,7 @@ from numpyro.primitives import Messenger
 from .. import noise as qn
 from ..forcing import ForcedGuide, SiteChoices
 from ..measure_valued import check_measure_site, check_rebar_site, check_relax_site
-from ..surrogate import outside_elbo
+from ..surrogate import RELAXED_TERMS, outside_elbo
 from . import measure_valued as mv
 
 _WRAPPERS = (Independent, TransformedDistribution, MaskedDistribution, ExpandedDistribution)
@@ -227,7 +227,7 @@ class EstimatorDistribution(Distribution):
             return self.noise.sample(self.base_dist, key, sample_shape), []
         if self.reparameterized:
             return self.base_dist.sample_with_intermediates(key, sample_shape)
-        if self.elbo_term in ("rebar", "relax"):
+        if self.elbo_term in RELAXED_TERMS:
             return self._relaxed_draw(key, sample_shape)
         return jax.lax.stop_gradient(self.base_dist.sample(key, sample_shape)), []
 
@@ -256,7 +256,7 @@ class EstimatorDistribution(Distribution):
     def log_prob(self, value: jax.Array, intermediates: list | None = None) -> jax.Array:
         if self.elbo_term is not None and not mv.ALLOWED.get():
             raise ValueError(outside_elbo(self.elbo_term))
-        if intermediates and self.elbo_term not in ("rebar", "relax"):  # (theirs are the uniforms)
+        if intermediates and self.elbo_term not in RELAXED_TERMS:  # (theirs are the uniforms)
             return self.base_dist.log_prob(value, intermediates)
         return self.base_dist.log_prob(value)
 

@@ -41,7 +41,7 @@ from pyro.poutine.subsample_messenger import _Subsample
 from .. import noise as qn
 from ..forcing import ForcedGuide, SiteChoices
 from ..measure_valued import check_measure_site, check_rebar_site, check_relax_site
-from ..surrogate import OWN_TERMS, outside_elbo
+from ..surrogate import OWN_TERMS, RELAXED_TERMS, outside_elbo
 from . import measure_valued as mv
 from .provenance import track
 
@@ -203,7 +203,7 @@ class EstimatorDistribution(TorchDistribution):
 
     def sample(self, sample_shape: torch.Size = _EMPTY) -> torch.Tensor:
         with torch.no_grad():
-            if self.elbo_term in ("rebar", "relax"):
+            if self.elbo_term in RELAXED_TERMS:
                 value = self._relaxed_draw(torch.Size(sample_shape))
             else:
                 value = self.base_dist.sample(sample_shape).detach()
