@@ -14,7 +14,8 @@ def seed_all(seed: int) -> None:
     only torch's CPU generator is seeded: ``torch.manual_seed`` would also queue a seed for each lazily
     initialised accelerator module, formatting a stack trace for each (a tenth of a millisecond, paid
     by every vectorized pass of :func:`~ppl_reparam.pyro.gradient_variance`)."""
-    if torch.accelerator.is_available():
+    accelerator = getattr(torch, "accelerator", None)  # (torch >= 2.6; before it, seed every device)
+    if accelerator is None or accelerator.is_available():
         torch.manual_seed(seed)
     else:
         torch.default_generator.manual_seed(seed)
