@@ -85,7 +85,7 @@ from .handlers import (
 )
 from .mc_gradients import gumbel_pair, relaxed_pair
 from .provenance import deps_of, untrack
-from .rng import isolated_rng
+from .rng import isolated_rng, seed_torch
 
 _PARTICLE_PLATE = "num_particles_vectorized"  # the name Pyro's ELBO gives its particle plate
 
@@ -696,7 +696,7 @@ class EstimatorELBO(ELBO):
                 auto.resolving(auto.Resolution(self.auto)),
             ):
                 warnings.simplefilter("ignore")  # the first run gave them
-                torch.manual_seed(seed)
+                seed_torch(seed)
                 model_trace, rerun_trace = get_importance_trace(
                     "flat", self.max_plate_nesting, model, forced_guide, args, kwargs
                 )

@@ -21,6 +21,8 @@ from collections.abc import Callable
 import torch
 from torch.distributions import Distribution
 
+from .rng import seed_torch
+
 Function = Callable[[torch.Tensor], torch.Tensor]
 DistBuilder = Callable[[torch.Tensor], Distribution]
 
@@ -75,7 +77,7 @@ def score_function_jacobians(
     :math:`\theta` (discrete ones included)."""
     rows = _rows(params, num_samples)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        seed_torch(seed)
         d = _batch(dist_builder, rows)
         x = d.sample()
     values = _values(function, x, num_samples).detach()
@@ -99,7 +101,7 @@ def pathwise_jacobians(
     returns a discrete sample with the relaxed sample's gradient, a biased estimate by design."""
     rows = _rows(params, num_samples)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        seed_torch(seed)
         d = _batch(dist_builder, rows)
         if not d.has_rsample:
             raise ValueError(f"{type(d).__name__} has no rsample, so no pathwise gradient; "
@@ -148,7 +150,7 @@ def relax_jacobians(
     differentiably. Unbiased for any ``control``."""
     rows = _rows(logits, num_samples)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        seed_torch(seed)
         u = torch.rand(rows.shape, dtype=rows.dtype).clamp(1e-12, 1 - 1e-12)
         v = torch.rand(rows.shape, dtype=rows.dtype).clamp(1e-12, 1 - 1e-12)
     b, z, z_tilde, p = relaxed_pair(rows, u, v)
