@@ -153,8 +153,9 @@ def _particle_samples(
     sums = {name: np.zeros((num_reps, *np.shape(u))) for name, u in unconstrained.items()}
     for start in range(0, total, chunk):
         stop = min(start + chunk, total)
-        pass_keys = data[start : start + chunk] if impl is None else random.wrap_key_data(data[start : start + chunk],
-                                                                                          impl=impl)
+        pass_keys = data[start : start + chunk]
+        if impl is not None:
+            pass_keys = random.wrap_key_data(pass_keys, impl=impl)
         grads = _gradient_samples(pass_keys, unconstrained, transforms, arrays, held, elbo=one, model=model,
                                   guide=guide, layout=layout, chunks=1)
         # particles run in order, so each repetition's in this pass are one run of rows: sum each run
